@@ -1,0 +1,75 @@
+"""The CLI's exit codes, through click's runner and through the installed script."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from cifarnet import __version__
+from cifarnet.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_version() -> None:
+    r = invoke("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+
+
+def test_summary_table() -> None:
+    r = invoke("summary")
+    assert r.exit_code == 0
+    assert "153,104" in r.output and "83 px" in r.output
+
+
+def test_summary_json_with_override() -> None:
+    r = invoke("summary", "--json", "--set", "model.pointwise_after_stride=false")
+    assert r.exit_code == 0
+    d = json.loads(r.output)
+    assert d["total_params"] == 147_616
+    assert {"total_macs", "receptive_field", "layers"} <= set(d)
+    assert {"name", "out_shape", "params", "macs", "rf"} <= set(d["layers"][0])
+
+
+def test_summary_preset() -> None:
+    r = invoke("summary", "--json", "--preset", "no_depthwise")
+    assert json.loads(r.output)["total_params"] == 498_864
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["summary", "--set", "model.dilatation=1"], "model.dilatation"),
+    (["summary", "--set", "model.dilation=0"], "model.dilation"),
+    (["summary", "--set", "model.residual_add=maybe"], "model.residual_add"),
+    (["summary", "--set", "nonsense"], "nonsense"),
+    (["summary", "--preset", "nope"], "nope"),
+    (["summary", "--config", "missing.yaml"], "missing.yaml"),
+])
+def test_user_errors_exit_2_with_one_line(args: list[str], key: str) -> None:
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2
+    assert key in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.output
+
+
+def test_bad_config_file_names_the_key(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: zero\n")
+    r = invoke("summary", "--config", str(f))
+    assert r.exit_code == 2 and "train.epochs" in r.stderr
+
+
+def test_installed_script_exit_codes() -> None:
+    exe = shutil.which("cifarnet-exp")
+    assert exe, "the console script is installed with the package"
+    ok = subprocess.run([exe, "summary", "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["receptive_field"] == 83
+    bad = subprocess.run([exe, "summary", "--set", "model.dilatation=1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: model.dilatation: unknown key (did you mean model.dilation?)"]
