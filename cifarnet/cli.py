@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -56,3 +57,40 @@ def summary(assignments: tuple[str, ...], preset: str | None, config_file: str |
     else:
         click.echo(format_table(s))
 
+
+
+@main.command("train")
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="YAML run config to start from.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--data", "data_path", default=None, help="Local ImageFolder tree (data.path).")
+@click.option("--resume", is_flag=True, help="Continue from the run folder's checkpoint.")
+@click.option("--run-dir", type=click.Path(), default=None,
+              help="Run folder (default: train.out_dir/<config hash>).")
+@user_errors
+def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: str | None,
+              resume: bool, run_dir: str | None) -> None:
+    """Train one run with a progress bar; final metrics go to the run folder as JSON."""
+    from rich.console import Console
+
+    from cifarnet.config import load_config
+    from cifarnet.data import load_data
+    from cifarnet.progress import RichProgress, metrics_table
+    from cifarnet.train import METRICS, train
+
+    cfg = load_config(config_file, assignments)
+    if data_path is not None:
+        cfg = cfg.replace({"data.path": data_path})
+    data = load_data(cfg.data)
+    console = Console(stderr=True)
+    console.print(f"[bold]{data.label}[/]: {len(data.train):,} train, "
+                  f"{len(data.val) if data.val else 0:,} val, {len(data.test):,} test images; "
+                  f"config {cfg.hash()[:12]}")
+    result = train(cfg, [RichProgress(console)], data=data,
+                   run_dir=None if run_dir is None else Path(run_dir),
+                   resume=resume)
+    Console().print(metrics_table(result))
+    click.echo(f"metrics: {result.run_dir / METRICS}")
+    if result.status != "finished":
+        click.echo(f"run {result.status}: {result.reason}", err=True)
+        sys.exit(1)

@@ -7,13 +7,12 @@ variants has the same name in both: that is what paired initialisation keys on (
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cifarnet.config import ModelConfig
+from cifarnet.seeding import seed_from
 
 
 class Add(nn.Module):
@@ -103,11 +102,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _stream_seed(seed: int, name: str, shape: tuple[int, ...]) -> int:
-    text = f"{seed}|{name}|{'x'.join(map(str, shape))}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & ((1 << 63) - 1)
-
-
 def paired_init(model: nn.Module, seed: int) -> None:
     """Initialise every layer from a generator keyed by (seed, layer name, weight shape).
 
@@ -121,5 +115,5 @@ def paired_init(model: nn.Module, seed: int) -> None:
             continue
         shape = tuple(next(module.parameters(recurse=False)).shape)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_stream_seed(seed, name, shape))
+            torch.manual_seed(seed_from(seed, "init", name, shape))
             reset()

@@ -96,4 +96,4 @@ def test_yaml_file_then_set(tmp_path) -> None:
     assert cfg.model.dilation == 1 and cfg.train.lr == 0.3
 
 
-PINNED_DEFAULT_HASH = "d1288e332fd644abf157db126eef574290fde81d7e64f2c39d5c9a057cbfbc2b"
+PINNED_DEFAULT_HASH = "891651235ee7e18f5e360af8277d8b12bd4a92ad30936e7967055a76c9f5b9d0"

@@ -1,0 +1,48 @@
+"""What every benchmark writes beside its figures: the command, the machine and the date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU")
+    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; Python {platform.python_version()}")
+
+
+def command_line() -> str:
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+                   if k in ("CIFARNET_DATA",))
+    argv = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    return f"{env} {argv}".strip()
+
+
+def append_benchmark(title: str, lines: list[str]) -> None:
+    """Append one section to BENCHMARKS.md."""
+    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = [f"## {title} ({today})", "", f"Command: `{command_line()}`", "",
+               f"Machine: {machine_line()}", "", *lines, ""]
+    if not BENCHMARKS_MD.exists():
+        BENCHMARKS_MD.write_text("# Benchmarks\n\nEvery figure below was measured by the "
+                                 "command written beside it.\n\n")
+    with BENCHMARKS_MD.open("a") as f:
+        f.write("\n".join(section) + "\n")
+    print(f"appended to {BENCHMARKS_MD}")

@@ -1,0 +1,127 @@
+"""Training batches per epoch, on either augmentation backend, from the run's random streams.
+
+Both loaders take the epoch's order from the stream ("order", epoch) and its augmentations
+from ("augment", epoch) of the run seed, never from the model, so every variant of an
+ablation sees the same batches at the same seed. An epoch is `steps` full batches (the last
+incomplete batch is dropped, unless the data is smaller than one batch).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Dataset as TorchDataset
+
+from cifarnet.augment import TorchAugment, albumentations_pipeline
+from cifarnet.data import Split
+from cifarnet.seeding import seed_from, torch_gen
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample indices used in `epoch`, in order (a whole number of batches)."""
+    order = torch.randperm(n, generator=torch_gen(seed, "order", epoch))
+    return order[: steps_per_epoch(n, batch_size) * min(batch_size, n)]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size)
+
+
+class TorchLoader:
+    """The fast path: the split lives on the device as uint8; augmentation is batched."""
+
+    def __init__(self, split: Split, strength: float, mean: tuple[float, ...],
+                 std: tuple[float, ...], batch_size: int, seed: int,
+                 device: torch.device) -> None:
+        self.images = torch.from_numpy(split.images).to(device)
+        self.labels = torch.from_numpy(split.labels).to(device)
+        self.augment = TorchAugment(strength, mean, std, device)
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self.labels), self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        order = epoch_order(len(self.labels), self.batch_size, self.seed, epoch).to(self.device)
+        gen = torch_gen(self.seed, "augment", epoch)
+        for idx in order.split(min(self.batch_size, len(order))):
+            yield self.augment(self.images[idx], gen), self.labels[idx]
+
+
+class _AlbumentationsDataset(TorchDataset):
+    """Indexed by (sample index, augmentation seed) pairs from `_EpochSampler`."""
+
+    def __init__(self, split: Split, pipeline) -> None:
+        self.split, self.pipeline = split, pipeline
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = key
+        self.pipeline.set_random_seed(seed)
+        out = self.pipeline(image=self.split.images[i])["image"]
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))), int(
+            self.split.labels[i])
+
+
+class _EpochSampler(Sampler):
+    def __init__(self, pairs: list[tuple[int, int]]) -> None:
+        self.pairs = pairs
+
+    def __iter__(self):
+        return iter(self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+class AlbumentationsLoader:
+    """The reference path: albumentations per image in DataLoader workers.
+
+    Each sample's augmentation seed is derived from (run seed, 'augment', epoch, position),
+    so the batches do not depend on the number of workers.
+    """
+
+    def __init__(self, split: Split, strength: float, mean: tuple[float, ...],
+                 std: tuple[float, ...], batch_size: int, seed: int,
+                 device: torch.device, num_workers: int) -> None:
+        self.dataset = _AlbumentationsDataset(split, albumentations_pipeline(strength, mean, std))
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self.dataset), self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        order = epoch_order(len(self.dataset), self.batch_size, self.seed, epoch).tolist()
+        pairs = [(i, seed_from(self.seed, "augment", epoch, pos) & 0xFFFFFFFF)
+                 for pos, i in enumerate(order)]
+        loader = DataLoader(self.dataset, batch_size=min(self.batch_size, len(order)),
+                            sampler=_EpochSampler(pairs), num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda", drop_last=False)
+        for x, y in loader:
+            yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+
+
+def make_loader(split: Split, backend: str, strength: float, mean: tuple[float, ...],
+                std: tuple[float, ...], batch_size: int, seed: int, device: torch.device,
+                num_workers: int = 0) -> TorchLoader | AlbumentationsLoader:
+    if backend == "torch":
+        return TorchLoader(split, strength, mean, std, batch_size, seed, device)
+    return AlbumentationsLoader(split, strength, mean, std, batch_size, seed, device,
+                                num_workers)
+
+
+def eval_batches(split: Split, mean: tuple[float, ...], std: tuple[float, ...],
+                 device: torch.device, batch_size: int = 1000) -> list[Batch]:
+    """The split normalised once, on the device, in fixed batches (no augmentation)."""
+    norm = TorchAugment(0.0, mean, std, device)
+    x = norm.normalize(torch.from_numpy(split.images).to(device))
+    y = torch.from_numpy(split.labels).to(device)
+    return list(zip(x.split(batch_size), y.split(batch_size)))
