@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,3 +95,95 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
     if result.status != "finished":
         click.echo(f"run {result.status}: {result.reason}", err=True)
         sys.exit(1)
+
+
+@main.command("run")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override the spec's base config, e.g. --set train.epochs=2.")
+@click.option("--dry-run", is_flag=True, help="Print the expanded grid; write nothing.")
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE",
+              help="Shared queue storage (e.g. postgresql://host/db); default: SQLite under "
+                   "mlruns/.")
+@click.option("--heartbeat", type=click.IntRange(1), default=10, show_default=True,
+              help="Seconds between a worker's heartbeats.")
+@click.option("--grace", type=click.IntRange(1), default=30, show_default=True,
+              help="Seconds without a heartbeat before a job counts as abandoned.")
+@user_errors
+def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage: str | None,
+            heartbeat: int, grace: int) -> None:
+    """Run an ablation spec: every cell x seed, tracked in MLflow, resumable, shareable."""
+    import signal
+
+    from cifarnet.config import parse_assignment
+    from cifarnet.progress import GridProgress
+    from cifarnet.runner import preload_data, run_spec
+    from cifarnet.spec import load_spec
+
+    spec = load_spec(spec_path)
+    if assignments:
+        spec = spec.with_base(dict(parse_assignment(a) for a in assignments))
+    jobs = spec.jobs()
+    if dry_run:
+        click.echo(_dry_run_table(spec, jobs))
+        return
+    data = preload_data([j.config for j in jobs])
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second signal: stop now, wherever we are
+            raise KeyboardInterrupt
+        stop.set()  # the trainer stops at the next batch, the run ends KILLED
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    display = GridProgress()
+    try:
+        outcome = run_spec(spec, storage_url=storage, progress=display, data=data,
+                           heartbeat_interval=heartbeat, grace_period=grace, stop=stop)
+    except KeyboardInterrupt:
+        display.close()
+        click.echo("interrupted: the current run was ended KILLED; rerun to continue", err=True)
+        sys.exit(130)
+    display.close()
+    click.echo(f"{spec.name}: {len(outcome.finished)} run(s) finished here, "
+               f"{outcome.already_done + len(outcome.skipped)} already done, "
+               f"{len(outcome.failed)} failed; "
+               f"parent run {outcome.parent_run_id}")
+    if outcome.failed:
+        click.echo(outcome.failure_line(), err=True)
+        sys.exit(1)
+
+
+def _dry_run_table(spec, jobs) -> str:
+    from cifarnet.summary import summarize
+
+    cells = spec.cells()
+    base = spec.base_config()
+    rows = [("cell", "params", "MACs", "RF")]
+    for cell in cells:
+        s = summarize(base.replace(cell.levels).model)
+        rows.append((cell.label, f"{s.total_params:,}", f"{s.total_macs:,}",
+                     str(s.receptive_field)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    epochs = sum(j.config.train.epochs for j in jobs)
+    lines.append(f"{len(cells)} cell(s) x {len(spec.seeds)} seed(s) = {len(jobs)} run(s), "
+                 f"{epochs} epoch(s) in all; nothing was written (dry run)")
+    return "\n".join(lines)
+
+
+@main.command("ui")
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui_cmd(port: int) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the same store as `run`."""
+    import subprocess
+
+    from cifarnet.tracking import setup_mlflow
+
+    uri = setup_mlflow()
+    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(port)]
+    sys.exit(subprocess.call(cmd))

@@ -74,3 +74,66 @@ def metrics_table(result: RunResult) -> Table:
             v = result.final[key]
             table.add_row(key, f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}")
     return table
+
+
+class GridProgress:
+    """The runner's display: the whole grid (done, running, left, ETA) and the current run."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+            console=self.console)
+        self.grid_task = self.progress.add_task("grid", total=None, status="")
+        self.progress.start()
+
+    def grid(self, counts: dict[str, int], total: int) -> None:
+        done = counts["complete"] + counts["fail"]
+        self.progress.update(self.grid_task, total=max(total, done + counts["waiting"]
+                                                       + counts["running"]),
+                             completed=done,
+                             status=f"running {counts['running']}  waiting {counts['waiting']}"
+                                    f"  failed {counts['fail']}")
+
+    def run_callbacks(self, label: str) -> list[Callback]:
+        return [_RunBar(self.progress, label)]
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class _RunBar(Callback):
+    """One run's bar inside the grid display; removed when the run ends."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress, self.label, self.task = progress, label, None
+        self.last = 0.0
+
+    def on_run_start(self, ctx: RunContext) -> None:
+        total = ctx.config.train.epochs * ctx.steps_per_epoch
+        self.task = self.progress.add_task(self.label, total=total, status="",
+                                           completed=(ctx.start_epoch - 1) * ctx.steps_per_epoch)
+
+    def on_batch_end(self, ctx: RunContext, epoch: int, step: int, loss) -> None:
+        self.progress.advance(self.task)
+        now = time.perf_counter()
+        if now - self.last > 0.25:
+            self.last = now
+            self.progress.update(self.task, status=f"epoch {epoch}/{ctx.config.train.epochs}"
+                                                   f"  loss {loss.item():.3f}")
+
+    def on_epoch_end(self, ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
+        self.progress.update(self.task, status=f"epoch {epoch}  test_acc "
+                                               f"{metrics['test_acc']:.4f}")
+
+    def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        acc = result.final.get("test_acc")
+        self.progress.console.print(
+            f"{self.label}: {result.status}" + (f", test_acc {acc:.4f}" if acc is not None
+                                                else ""))

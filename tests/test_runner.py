@@ -1,0 +1,254 @@
+"""The ablation runner end to end on tiny real runs, checked through mlflow.search_runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from cifarnet.cli import main
+from cifarnet.config import DataConfig
+from cifarnet.data import load_data
+from cifarnet.loaders import make_loader
+from cifarnet.model import CifarNet, paired_init
+from cifarnet.spec import load_spec
+
+from conftest import make_tree
+from pg import free_port, pg_database  # noqa: F401  (fixture)
+
+EXE = str(Path(sys.executable).with_name("cifarnet-exp"))
+
+
+def write_spec(folder: Path, tree: Path, *, name: str = "tiny", epochs: int = 1,
+               factors: dict | None = None, seeds: list[int] | None = None) -> Path:
+    spec = {
+        "name": name,
+        "description": "a tiny grid for tests",
+        "base": {"data": {"path": str(tree), "num_workers": 0},
+                 "train": {"epochs": epochs, "batch_size": 32, "device": "cpu",
+                           "out_dir": str(folder / "runs")}},
+        "factors": factors or {"model.residual_add": [True, False]},
+        "seeds": seeds or [0, 1],
+        "hypotheses": [{"id": "H", "claim": "add helps", "a": {"model.residual_add": True},
+                        "b": {"model.residual_add": False}, "expect": "a > b",
+                        "rope": 0.002}] if factors is None else [],
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def runs_df(folder: Path, experiment: str = "tiny"):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def children(df):
+    return df[df["tags.cifarnet.role"] == "child"]
+
+
+def test_tiny_grid_is_tracked_and_a_rerun_adds_nothing(tiny_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, tiny_tree)
+    r = CliRunner().invoke(main, ["run", str(spec)])
+    assert r.exit_code == 0, r.output
+    df = runs_df(tmp_path)
+    kids, parent = children(df), df[df["tags.cifarnet.role"] == "parent"]
+    assert len(kids) == 4 and len(parent) == 1
+    assert set(kids["status"]) == {"FINISHED"} and parent["status"].item() == "FINISHED"
+    assert set(kids["tags.mlflow.parentRunId"]) == {parent["run_id"].item()}
+    assert set(kids["tags.cifarnet.cell"]) == {"residual_add=true", "residual_add=false"}
+    assert sorted(kids["tags.cifarnet.seed"]) == ["0", "0", "1", "1"]
+    assert kids["tags.cifarnet.config_hash"].nunique() == 4
+    assert set(kids["params.model.residual_add"]) == {"True", "False"}
+    assert set(kids["params.arch.params"]) == {"153104"}
+    assert set(kids["params.arch.receptive_field"]) == {"83"}
+    assert kids["metrics.test_acc"].between(0, 1).all()
+    assert "metrics.system/cpu_utilization_percentage" in df.columns
+
+    import mlflow
+    client = mlflow.MlflowClient()
+    run_id = kids["run_id"].iloc[0]
+    history = client.get_metric_history(run_id, "test_acc")
+    assert [m.step for m in history] == [1]
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"config.yaml", "summary.txt"}
+
+    again = CliRunner().invoke(main, ["run", str(spec)])
+    assert again.exit_code == 0, again.output
+    assert "0 run(s) finished here, 4 already done" in again.output
+    assert len(children(runs_df(tmp_path))) == 4
+
+
+def test_paired_design_same_batches_and_shared_weights(tiny_tree, tmp_path) -> None:
+    spec = load_spec(write_spec(tmp_path, tiny_tree))
+    a, b = [j for j in spec.jobs() if j.seed == 0]
+    assert a.cell.label != b.cell.label and a.config.train.seed == b.config.train.seed
+    data = load_data(DataConfig(path=str(tiny_tree)))
+
+    def first_batch(cfg):
+        loader = make_loader(data.train, cfg.data.backend, cfg.data.augment_strength,
+                             data.mean, data.std, cfg.train.batch_size, cfg.train.seed,
+                             torch.device("cpu"))
+        return next(iter(loader.epoch(1)))
+
+    (xa, ya), (xb, yb) = first_batch(a.config), first_batch(b.config)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    ma, mb = CifarNet(a.config.model), CifarNet(b.config.model)
+    paired_init(ma, a.config.train.seed)
+    paired_init(mb, b.config.train.seed)
+    assert torch.equal(ma.convblock3b[0].weight, mb.convblock3b[0].weight)
+    assert torch.equal(ma.convblockf[0].weight, mb.convblockf[0].weight)
+
+
+def test_diverging_cell_fails_while_others_finish(tiny_tree, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, tiny_tree, epochs=2, factors={"train.lr": [0.05, 100.0]},
+                      seeds=[0])
+    r = CliRunner().invoke(main, ["run", str(spec)])
+    assert r.exit_code == 1
+    assert "1 run(s) failed: lr=100.0 seed=0 (diverged)" in r.stderr
+    kids = children(runs_df(tmp_path)).set_index("tags.cifarnet.cell")
+    assert kids.loc["lr=0.05", "status"] == "FINISHED"
+    assert kids.loc["lr=100.0", "status"] == "FAILED"
+    assert "non-finite or above" in kids.loc["lr=100.0", "tags.cifarnet.failure_reason"]
+
+
+def _child_statuses(folder: Path) -> list[str]:
+    db = folder / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return [s for (s,) in con.execute(
+                "select r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                "where t.key = 'cifarnet.role' and t.value = 'child'")]
+    except sqlite3.OperationalError:
+        return []
+
+
+def _start(spec: Path, folder: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([EXE, "run", str(spec), "--heartbeat", "1", "--grace", "3", *extra],
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _wait_for(pred, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.fixture()
+def slow_tree(tmp_path_factory) -> Path:
+    """More images, so a run lasts long enough to be interrupted."""
+    return make_tree(tmp_path_factory.mktemp("slow") / "data", per_class_train=150,
+                     per_class_test=10)
+
+
+def test_kill_9_then_rerun_completes_without_duplicates(slow_tree, tmp_path) -> None:
+    spec = write_spec(tmp_path, slow_tree, epochs=3)
+    proc = _start(spec, tmp_path)
+    _wait_for(lambda: "FINISHED" in _child_statuses(tmp_path)
+              and "RUNNING" in _child_statuses(tmp_path))
+    proc.kill()
+    proc.wait()
+    assert "RUNNING" in _child_statuses(tmp_path)
+    time.sleep(3.5)  # past the grace period: the dead worker's job is stale
+    rerun = _start(spec, tmp_path)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    kids = children(runs_df(tmp_path))
+    finished = kids[kids["status"] == "FINISHED"]
+    assert finished["tags.cifarnet.config_hash"].nunique() == 4 and len(finished) == 4
+    stale = kids[kids["status"] == "FAILED"]
+    assert len(stale) == 1 and stale["tags.cifarnet.status"].item() == "stale"
+    assert "RUNNING" not in set(kids["status"])
+
+
+def test_sigterm_ends_the_run_killed(slow_tree, tmp_path) -> None:
+    spec = write_spec(tmp_path, slow_tree, epochs=3, seeds=[0])
+    proc = _start(spec, tmp_path)
+    _wait_for(lambda: "RUNNING" in _child_statuses(tmp_path))
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "KILLED" in _child_statuses(tmp_path)
+
+
+@pytest.mark.postgres
+def test_three_workers_share_one_postgres_queue(tiny_tree, tmp_path, pg_database) -> None:
+    queue_url, mlflow_url = pg_database("queue"), pg_database("mlflow")
+    spec = write_spec(tmp_path, tiny_tree, seeds=[0, 1, 2])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url}
+    workers = [subprocess.Popen([EXE, "run", str(spec), "--storage", queue_url],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], outputs
+
+    import mlflow
+    import optuna
+
+    mlflow.set_tracking_uri(mlflow_url)
+    kids = children(mlflow.search_runs(experiment_names=["tiny"]))
+    assert len(kids) == 6 and set(kids["status"]) == {"FINISHED"}
+    assert kids["tags.cifarnet.config_hash"].nunique() == 6
+    study = optuna.load_study(study_name=optuna.get_all_study_names(queue_url)[0],
+                              storage=queue_url)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["config_hash"] for t in complete) == sorted(
+        kids["tags.cifarnet.config_hash"])
+    assert not [t for t in study.trials if t.state.name in ("FAIL", "RUNNING", "WAITING")]
+    ran_here = sum(int(o.split(" run(s) finished here")[0].rsplit(" ", 1)[-1])
+                   for o in outputs)
+    assert ran_here == 6
+
+
+@pytest.mark.postgres
+def test_tracking_server_topology(tiny_tree, tmp_path, pg_database) -> None:
+    """The docker-compose topology without Docker: mlflow server on PostgreSQL."""
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg_database("server"),
+         "--artifacts-destination", str(tmp_path / "served-artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def healthy() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health").status == 200
+            except OSError:
+                return False
+        _wait_for(healthy, timeout=90)
+        uri = f"http://127.0.0.1:{port}"
+        spec = write_spec(tmp_path, tiny_tree, seeds=[0])
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        done = subprocess.run([EXE, "run", str(spec), "--storage", pg_database("queue2")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        import mlflow
+        mlflow.set_tracking_uri(uri)
+        kids = children(mlflow.search_runs(experiment_names=["tiny"]))
+        assert len(kids) == 2 and set(kids["status"]) == {"FINISHED"}
+        arts = mlflow.MlflowClient().list_artifacts(kids["run_id"].iloc[0])
+        assert {a.path for a in arts} >= {"config.yaml", "summary.txt"}
+        assert any((tmp_path / "served-artifacts").rglob("config.yaml"))
+        assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
