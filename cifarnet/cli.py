@@ -109,15 +109,23 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
               help="Seconds between a worker's heartbeats.")
 @click.option("--grace", type=click.IntRange(1), default=30, show_default=True,
               help="Seconds without a heartbeat before a job counts as abandoned.")
+@click.option("--until-decided", is_flag=True,
+              help="Add seeds to the cells of inconclusive hypotheses until all are decided.")
+@click.option("--max-seeds", type=click.IntRange(2), default=10, show_default=True,
+              help="With --until-decided: the most seeds a cell gets.")
 @user_errors
 def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage: str | None,
-            heartbeat: int, grace: int) -> None:
+            heartbeat: int, grace: int, until_decided: bool, max_seeds: int) -> None:
     """Run an ablation spec: every cell x seed, tracked in MLflow, resumable, shareable."""
     import signal
 
+    from rich.console import Console
+
+    from cifarnet.adaptive import run_until_decided
     from cifarnet.config import parse_assignment
     from cifarnet.progress import GridProgress
-    from cifarnet.runner import preload_data, run_spec
+    from cifarnet.report import analyze_grid, verdict_table
+    from cifarnet.runner import Outcome, preload_data, run_spec
     from cifarnet.spec import load_spec
 
     spec = load_spec(spec_path)
@@ -138,20 +146,32 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     display = GridProgress()
-    try:
-        outcome = run_spec(spec, storage_url=storage, progress=display, data=data,
+    total = Outcome()
+
+    def run_jobs(batch) -> None:
+        outcome = run_spec(spec, jobs=batch, storage_url=storage, progress=display, data=data,
                            heartbeat_interval=heartbeat, grace_period=grace, stop=stop)
+        total.merge(outcome)
+
+    try:
+        if until_decided:
+            analysis = run_until_decided(spec, max_seeds, run_jobs,
+                                         lambda: analyze_grid(spec.name, with_history=False))
+        else:
+            run_jobs(jobs)
+            analysis = analyze_grid(spec.name, with_history=False)
     except KeyboardInterrupt:
         display.close()
         click.echo("interrupted: the current run was ended KILLED; rerun to continue", err=True)
         sys.exit(130)
     display.close()
-    click.echo(f"{spec.name}: {len(outcome.finished)} run(s) finished here, "
-               f"{outcome.already_done + len(outcome.skipped)} already done, "
-               f"{len(outcome.failed)} failed; "
-               f"parent run {outcome.parent_run_id}")
-    if outcome.failed:
-        click.echo(outcome.failure_line(), err=True)
+    if spec.hypotheses:
+        Console().print(verdict_table(analysis))
+    click.echo(f"{spec.name}: {len(total.finished)} run(s) finished here, "
+               f"{total.already_done + len(total.skipped)} already done, "
+               f"{len(total.failed)} failed; parent run {total.parent_run_id}")
+    if total.failed:
+        click.echo(total.failure_line(), err=True)
         sys.exit(1)
 
 
@@ -172,6 +192,30 @@ def _dry_run_table(spec, jobs) -> str:
     lines.append(f"{len(cells)} cell(s) x {len(spec.seeds)} seed(s) = {len(jobs)} run(s), "
                  f"{epochs} epoch(s) in all; nothing was written (dry run)")
     return "\n".join(lines)
+
+
+@main.command("report")
+@click.argument("target", metavar="SPEC_OR_EXPERIMENT")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Output folder (default: reports/<experiment>).")
+@click.option("--format", "formats", type=click.Choice(["md", "html", "csv"]), multiple=True,
+              help="Formats to write (repeatable; default all three). Plots are always PNG.")
+@user_errors
+def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...]) -> None:
+    """Tables, verdicts, plots and an HTML page for a grid's runs, read back from MLflow."""
+    from rich.console import Console
+
+    from cifarnet.report import FORMATS, analyze_grid, log_report, verdict_table, write_report
+    from cifarnet.results import find_grid
+
+    grid = find_grid(target)
+    analysis = analyze_grid(grid)
+    out = Path(out_dir) if out_dir else Path("reports") / grid.experiment
+    files = write_report(analysis, out, formats or FORMATS)
+    log_report(grid.parent_run_id, files)
+    Console().print(verdict_table(analysis))
+    for f in files:
+        click.echo(str(f))
 
 
 @main.command("ui")

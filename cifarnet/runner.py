@@ -27,7 +27,7 @@ from cifarnet.callbacks import Callback
 from cifarnet.config import DataConfig, RunConfig, build_config
 from cifarnet.data import Dataset, load_data
 from cifarnet.retry import retry_setup
-from cifarnet.spec import AblationSpec
+from cifarnet.spec import AblationSpec, Job
 from cifarnet.tracking import (TAG_CELL, TAG_HASH, TAG_REASON, TAG_ROLE, TAG_SEED, TAG_SPEC,
                                TAG_STATUS, TAG_TRIAL, MlflowRunCallback, get_or_create_experiment,
                                mlflow_status, setup_mlflow)
@@ -48,6 +48,15 @@ class Outcome:
     failed: list[tuple[str, str]] = field(default_factory=list)
     parent_run_id: str = ""
     experiment_id: str = ""
+
+    def merge(self, other: "Outcome") -> None:
+        """Fold a later round's outcome (adaptive seeds) into this one."""
+        self.finished += other.finished
+        self.skipped += other.skipped
+        self.failed += other.failed
+        self.already_done = self.already_done or other.already_done
+        self.parent_run_id = other.parent_run_id or self.parent_run_id
+        self.experiment_id = other.experiment_id or self.experiment_id
 
     def failure_line(self) -> str:
         items = "; ".join(f"{label} ({reason})" for label, reason in self.failed)
@@ -88,9 +97,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def job_records(spec: AblationSpec, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+def job_records(jobs: list[Job]) -> list[dict[str, Any]]:
     return [{"config_hash": j.config_hash, "cell": j.cell.label, "seed": j.seed,
-             "config": j.config.to_dict()} for j in spec.jobs(seeds)]
+             "config": j.config.to_dict()} for j in jobs]
 
 
 class Progress:
@@ -105,12 +114,15 @@ class Progress:
 
 
 def run_spec(spec: AblationSpec, *, storage_url: str | None = None,
-             seeds: list[int] | None = None, progress: Progress | None = None,
+             jobs: list[Job] | None = None, progress: Progress | None = None,
              heartbeat_interval: int = 10, grace_period: int = 30,
              poll_interval: float = 2.0,
              data: dict[tuple, Dataset] | None = None,
              stop: threading.Event | None = None) -> Outcome:
     """Work on the spec's queue until no job is waiting or running anywhere.
+
+    `jobs` defaults to the whole grid at the spec's seeds; `--until-decided` passes extra
+    seeds for some cells.
 
     Setting `stop` (the CLI does on SIGTERM or Ctrl-C) ends the current run KILLED at its
     next batch and raises KeyboardInterrupt.
@@ -119,8 +131,9 @@ def run_spec(spec: AblationSpec, *, storage_url: str | None = None,
 
     quiet_libraries()
     progress = progress or Progress()
-    records = job_records(spec, seeds)
-    data = data if data is not None else preload_data([j.config for j in spec.jobs(seeds)])
+    jobs = jobs if jobs is not None else spec.jobs()
+    records = job_records(jobs)
+    data = data if data is not None else preload_data([j.config for j in jobs])
 
     setup_mlflow()
     client = retry_setup(MlflowClient)

@@ -44,6 +44,7 @@ def setup_mlflow() -> str:
     """Point MLflow at the store (creating mlruns/ for the local default); return the URI."""
     import mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri()
     if is_local_store(uri):
         (LOCAL_ROOT / "artifacts").mkdir(parents=True, exist_ok=True)
