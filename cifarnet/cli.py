@@ -218,6 +218,76 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...]) -> No
         click.echo(str(f))
 
 
+@main.command("search")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--n-trials", type=click.IntRange(1), default=None,
+              help="Add this many trials now (default: fill the study up to the spec's n_trials).")
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE",
+              help="Optuna storage shared by workers (e.g. postgresql://host/db); default: "
+                   "SQLite under mlruns/.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override the spec's base config.")
+@click.option("--no-final", is_flag=True, help="Skip the held-out test of the best trial.")
+@user_errors
+def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
+               assignments: tuple[str, ...], no_final: bool) -> None:
+    """Optuna search over the recipe (e.g. lr, augment strength), pruned, tracked, shareable."""
+    from cifarnet.config import parse_assignment
+    from cifarnet.data import load_data
+    from cifarnet.search import run_search
+    from cifarnet.search_spec import load_search_spec
+    from cifarnet.workqueue import default_storage_url
+
+    spec = load_search_spec(spec_path)
+    if assignments:
+        spec = spec.with_base(dict(parse_assignment(a) for a in assignments))
+    data = load_data(spec.base_config().data)
+    try:
+        out = run_search(spec, storage_url=storage, n_trials=n_trials, data=data,
+                         final=not no_final)
+    except KeyboardInterrupt:
+        click.echo("interrupted: rerun to continue the same study", err=True)
+        sys.exit(130)
+    click.echo(f"{out.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in
+                                               out.trials.items() if v))
+    for b in out.best:
+        click.echo(f"best trial {b['number']}: values {b['values']} params {b['params']}")
+    if out.final:
+        click.echo(f"held-out test of the best configuration (trial {out.final['trial']}, "
+                   f"retrained on train + validation): test_acc {out.final['test_acc']:.4f}")
+    click.echo(f"optuna-dashboard {storage or default_storage_url()}")
+
+
+@main.command("search-report")
+@click.argument("name")
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Output folder (default: reports/search.<name>).")
+@user_errors
+def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> None:
+    """Best trials, parameter importances and Optuna's plots for a search."""
+    from cifarnet.search_report import load_study, markdown, write_plots
+    from cifarnet.search_spec import load_search_spec
+    from cifarnet.spec import SpecError
+    from cifarnet.workqueue import default_storage_url, make_storage
+
+    try:
+        name = load_search_spec(name).name
+    except SpecError:
+        pass
+    url = storage or default_storage_url()
+    if url == default_storage_url() and not Path(url[len("sqlite:///"):]).exists():
+        raise UserError(f"{name}: no local study storage at {url}")
+    study = load_study(name, make_storage(url))
+    out = Path(out_dir) if out_dir else Path("reports") / study.study_name
+    files = write_plots(study, out)
+    text = markdown(study, url)
+    (out / "search.md").write_text(text)
+    click.echo(text)
+    for f in [*files, out / "search.md"]:
+        click.echo(str(f))
+
+
 @main.command("ui")
 @click.option("--port", type=int, default=5000, show_default=True)
 def ui_cmd(port: int) -> None:

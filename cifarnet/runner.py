@@ -30,11 +30,10 @@ from cifarnet.retry import retry_setup
 from cifarnet.spec import AblationSpec, Job
 from cifarnet.tracking import (TAG_CELL, TAG_HASH, TAG_REASON, TAG_ROLE, TAG_SEED, TAG_SPEC,
                                TAG_STATUS, TAG_TRIAL, MlflowRunCallback, get_or_create_experiment,
-                               mlflow_status, setup_mlflow)
+                               mlflow_status, setup_mlflow, shared_parent_run)
 from cifarnet.train import default_run_dir, train
 from cifarnet.workqueue import JobQueue, QueuedJob, make_storage
 
-PARENT_ATTR = "mlflow_parent_run_id"
 DATA_KEYS = ("source", "path", "train_subset", "test_subset", "val_size", "split_seed")
 
 
@@ -241,28 +240,15 @@ def _safe_finish(monitor) -> None:
         pass
 
 
-def _parent_run(queue: JobQueue, client, experiment_id: str, spec: AblationSpec,
-                wait_s: float = 60.0) -> str:
-    """The grid's parent run: created by the worker that created the queue, read by others."""
-    if queue.created:
-        run = client.create_run(experiment_id, run_name=spec.name, tags={
-            TAG_ROLE: "parent", TAG_SPEC: spec.name, "mlflow.note.content": spec.description,
-            "cifarnet.grid": grid_id(spec)})
-        client.log_dict(run.info.run_id, {"name": spec.name, "description": spec.description,
-                                          "base": spec.base, "factors": spec.factors,
-                                          "seeds": spec.seeds,
-                                          "hypotheses": [h.__dict__ for h in spec.hypotheses]},
-                        "spec.yaml")
-        queue.set_attr(PARENT_ATTR, run.info.run_id)
-        return run.info.run_id
-    deadline = time.monotonic() + wait_s
-    while (parent := queue.get_attr(PARENT_ATTR)) is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the queue has no parent run id; is its creator still starting?")
-        time.sleep(0.5)
-    if client.get_run(parent).info.status != "RUNNING":
-        client.update_run(parent, status="RUNNING")
-    return parent
+def _parent_run(queue: JobQueue, client, experiment_id: str, spec: AblationSpec) -> str:
+    """The grid's parent run, shared by every worker of the queue."""
+    return shared_parent_run(
+        client, experiment_id, queue.study, queue.created, spec.name,
+        {TAG_ROLE: "parent", TAG_SPEC: spec.name, "mlflow.note.content": spec.description,
+         "cifarnet.grid": grid_id(spec)},
+        {"spec.yaml": {"name": spec.name, "description": spec.description, "base": spec.base,
+                       "factors": spec.factors, "seeds": spec.seeds,
+                       "hypotheses": [h.__dict__ for h in spec.hypotheses]}})
 
 
 def _close_parent(client, queue: JobQueue, out: Outcome) -> None:

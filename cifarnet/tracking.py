@@ -72,6 +72,32 @@ def get_or_create_experiment(name: str) -> str:
         return exp.experiment_id
 
 
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def shared_parent_run(client: Any, experiment_id: str, study: Any, created: bool,
+                      run_name: str, tags: dict[str, str], artifacts: dict[str, dict],
+                      wait_s: float = 60.0) -> str:
+    """One parent run for all workers of an Optuna study: the worker that created the study
+    creates the run and records its id on the study; the others read it from there."""
+    import time
+
+    if created:
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        for name, content in artifacts.items():
+            client.log_dict(run.info.run_id, content, name)
+        study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        return run.info.run_id
+    deadline = time.monotonic() + wait_s
+    while (parent := study.user_attrs.get(PARENT_ATTR)) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the study has no parent run id; is its creator still starting?")
+        time.sleep(0.5)  # study.user_attrs reads the storage afresh
+    if client.get_run(parent).info.status != "RUNNING":
+        client.update_run(parent, status="RUNNING")
+    return parent
+
+
 def summary_params(ctx_config) -> dict[str, Any]:
     s = summarize(ctx_config.model)
     return {"arch.params": s.total_params, "arch.macs": s.total_macs,

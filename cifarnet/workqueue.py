@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -42,10 +43,12 @@ def make_storage(url: str | None, heartbeat_interval: int = 10,
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            heartbeat_stale_trial_callback=_requeue_stale,
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=_requeue_stale,
+                engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
     except Exception as exc:  # bad URL, unreachable server, missing driver
         if is_setup_race(exc):
             raise
@@ -95,18 +98,23 @@ class Heartbeat:
         self.thread.join()
 
 
+def open_study(name: str, storage: optuna.storages.RDBStorage,
+               **create: Any) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it if another worker did; True when this call created it.
+    The storage's unique study name makes exactly one worker the creator."""
+    try:
+        return optuna.create_study(study_name=name, storage=storage, **create), True
+    except optuna.exceptions.DuplicatedStudyError:
+        kwargs = {k: v for k, v in create.items() if k in ("sampler", "pruner")}
+        return optuna.load_study(study_name=name, storage=storage, **kwargs), False
+
+
 class JobQueue:
     """The jobs of one ablation grid in one Optuna study."""
 
     def __init__(self, storage: optuna.storages.RDBStorage, study_name: str) -> None:
         self.storage = storage
-        try:
-            self.study = optuna.create_study(study_name=study_name, storage=storage,
-                                             direction="maximize")
-            self.created = True
-        except optuna.exceptions.DuplicatedStudyError:
-            self.study = optuna.load_study(study_name=study_name, storage=storage)
-            self.created = False
+        self.study, self.created = open_study(study_name, storage, direction="maximize")
         self.study_id = storage.get_study_id_from_name(study_name)
 
     def trials(self, states: Iterable[TrialState] | None = None) -> list[FrozenTrial]:
@@ -163,8 +171,3 @@ class JobQueue:
             out[t.state.name.lower()] += 1
         return out
 
-    def get_attr(self, key: str) -> Any:
-        return self.study.user_attrs.get(key)
-
-    def set_attr(self, key: str, value: Any) -> None:
-        self.study.set_user_attr(key, value)

@@ -1,0 +1,227 @@
+"""Search specs: the space, objective(s), sampler and pruner of an Optuna search, validated.
+
+Trials tune on the validation split, never on the test set: a `test_*` objective is refused
+and `data.val_size` must be positive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cifarnet.config import (RunConfig, build_config, check_key, coerce_value,
+                             flatten_mapping)
+from cifarnet.errors import ConfigError
+from cifarnet.spec import NAME_RE, SpecError, resolve_spec_path
+from cifarnet.yamlio import read_yaml_mapping
+
+SEARCH_KEYS = {"name", "description", "base", "space", "objective", "objectives", "n_trials",
+               "sampler", "pruner"}
+PARAM_TYPES = {"float": {"type", "low", "high", "log", "step"},
+               "int": {"type", "low", "high", "log", "step"},
+               "categorical": {"type", "choices"}}
+OBJECTIVE_METRICS = {"val_acc", "val_loss", "train_acc", "train_loss", "params", "macs"}
+SAMPLERS = {"tpe": {"type", "seed", "n_startup_trials", "multivariate"},
+            "random": {"type", "seed"}, "nsgaii": {"type", "seed", "population_size"}}
+PRUNERS = {"median": {"type", "n_startup_trials", "n_warmup_steps"},
+           "percentile": {"type", "percentile", "n_startup_trials", "n_warmup_steps"},
+           "hyperband": {"type", "min_resource", "reduction_factor"},
+           "threshold": {"type", "lower", "upper", "n_warmup_steps"}, "none": {"type"}}
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    type: str
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    description: str
+    base: dict[str, Any]
+    space: list[Param]
+    objectives: list[Objective]
+    n_trials: int
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    def base_config(self) -> RunConfig:
+        return build_config(self.base)
+
+    def with_base(self, overrides: Mapping[str, Any]) -> "SearchSpec":
+        merged = {**self.base, **flatten_mapping(overrides)}
+        for key in flatten_mapping(overrides):
+            if key in {p.key for p in self.space}:
+                raise SpecError(f"--set {key}: is searched over; it cannot be fixed")
+        spec = SearchSpec(self.name, self.description, merged, self.space, self.objectives,
+                          self.n_trials, self.sampler, self.pruner)
+        _check_base(spec.base, "--set ")
+        return spec
+
+
+def load_search_spec(path: str | Path) -> SearchSpec:
+    return parse_search_spec(read_yaml_mapping(resolve_spec_path(path)))
+
+
+def _check_base(base: Mapping[str, Any], where: str) -> RunConfig:
+    try:
+        cfg = build_config(base, where=where)
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    if cfg.data.val_size <= 0:
+        raise SpecError(f"{where}data.val_size: trials tune on a validation split carved from "
+                        "the training set; set it > 0 (e.g. 5000)")
+    return cfg
+
+
+def parse_search_spec(raw: Mapping[str, Any]) -> SearchSpec:
+    unknown = sorted(set(raw) - SEARCH_KEYS)
+    if unknown:
+        raise SpecError(f"{unknown[0]}: unknown search-spec key (expected "
+                        f"{', '.join(sorted(SEARCH_KEYS))})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SpecError(f"name: expected letters, digits, '_', '.', '-' only, got {name!r}")
+    description = raw.get("description", "")
+    base_raw = raw.get("base") or {}
+    if not isinstance(base_raw, Mapping):
+        raise SpecError("base: expected a mapping of config keys")
+    try:
+        base = flatten_mapping(base_raw)
+    except ConfigError as exc:
+        raise SpecError(f"base.{exc}") from None
+    space = _parse_space(raw.get("space"))
+    for p in space:
+        if p.key in base:
+            raise SpecError(f"base.{p.key}: is also searched over; set it in one place only")
+    _check_base(base, "base.")
+    objectives = _parse_objectives(raw)
+    n_trials = raw.get("n_trials", 20)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise SpecError(f"n_trials: expected an integer >= 1, got {n_trials!r}")
+    sampler = _parse_choice(raw.get("sampler", {"type": "nsgaii" if len(objectives) > 1
+                                                else "tpe"}), "sampler", SAMPLERS)
+    pruner = _parse_choice(raw.get("pruner", {"type": "none"}), "pruner", PRUNERS)
+    if len(objectives) > 1 and pruner["type"] != "none":
+        raise SpecError("pruner: Optuna cannot prune multi-objective searches; use type: none")
+    return SearchSpec(name, str(description), base, space, objectives, n_trials, sampler,
+                      pruner)
+
+
+def _parse_space(raw: Any) -> list[Param]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpecError("space: expected a non-empty mapping of config key -> distribution")
+    out = []
+    for key, dist in raw.items():
+        where = f"space.{key}"
+        try:
+            check_key(key, "space.")
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+        if key == "train.seed":
+            raise SpecError(f"{where}: the seed is not a hyperparameter")
+        if not isinstance(dist, Mapping) or dist.get("type") not in PARAM_TYPES:
+            raise SpecError(f"{where}.type: expected one of {', '.join(PARAM_TYPES)}")
+        extra = sorted(set(dist) - PARAM_TYPES[dist["type"]])
+        if extra:
+            raise SpecError(f"{where}.{extra[0]}: unknown key for a {dist['type']} parameter")
+        out.append(_parse_param(key, dist, where))
+    return out
+
+
+def _parse_param(key: str, dist: Mapping[str, Any], where: str) -> Param:
+    kind = dist["type"]
+    if kind == "categorical":
+        choices = dist.get("choices")
+        if not isinstance(choices, list) or len(choices) < 2:
+            raise SpecError(f"{where}.choices: expected a list of at least two values")
+        try:
+            values = tuple(coerce_value(key, c, "space.") for c in choices)
+        except ConfigError as exc:
+            raise SpecError(f"{where}.choices: {exc}") from None
+        if len(set(map(repr, values))) != len(values):
+            raise SpecError(f"{where}.choices: duplicate values")
+        return Param(key, kind, choices=values)
+    low, high = dist.get("low"), dist.get("high")
+    for bound, value in (("low", low), ("high", high)):
+        number_ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not number_ok or not math.isfinite(value):
+            raise SpecError(f"{where}.{bound}: expected a finite {kind}, got {value!r}")
+        try:
+            coerce_value(key, value, f"{where}.{bound}: ")
+        except ConfigError as exc:
+            raise SpecError(f"{where}.{bound}: {exc}") from None
+    if low >= high:
+        raise SpecError(f"{where}: low ({low}) must be below high ({high})")
+    log = dist.get("log", False)
+    if not isinstance(log, bool):
+        raise SpecError(f"{where}.log: expected true or false")
+    if log and low <= 0:
+        raise SpecError(f"{where}.low: a log-scale range needs low > 0, got {low}")
+    step = dist.get("step")
+    if step is not None and (log or isinstance(step, bool) or not isinstance(step, (int, float))
+                             or step <= 0):
+        raise SpecError(f"{where}.step: expected a positive number (and no log scale)")
+    return Param(key, kind, low, high, log, step)
+
+
+def _parse_objectives(raw: Mapping[str, Any]) -> list[Objective]:
+    if ("objective" in raw) == ("objectives" in raw):
+        raise SpecError("objective: give exactly one of `objective` (a mapping) or "
+                        "`objectives` (a list of two, for a Pareto front)")
+    items = [raw["objective"]] if "objective" in raw else raw["objectives"]
+    key = "objective" if "objective" in raw else "objectives"
+    if not isinstance(items, list) or not items:
+        raise SpecError(f"{key}: expected a non-empty list")
+    out = []
+    for i, item in enumerate(items):
+        where = key if key == "objective" else f"{key}[{i}]"
+        if not isinstance(item, Mapping) or set(item) - {"metric", "direction"}:
+            raise SpecError(f"{where}: expected {{metric: ..., direction: ...}}")
+        metric, direction = item.get("metric"), item.get("direction")
+        if isinstance(metric, str) and metric.startswith("test_"):
+            raise SpecError(f"{where}.metric: {metric} would tune on the test set; use the "
+                            "validation split (val_acc, val_loss)")
+        if metric not in OBJECTIVE_METRICS:
+            raise SpecError(f"{where}.metric: expected one of "
+                            f"{', '.join(sorted(OBJECTIVE_METRICS))}, got {metric!r}")
+        if direction not in ("maximize", "minimize"):
+            raise SpecError(f"{where}.direction: expected maximize or minimize, "
+                            f"got {direction!r}")
+        out.append(Objective(metric, direction))
+    if out[0].metric in ("params", "macs"):
+        raise SpecError(f"{key}: the first objective must be a training metric (val_acc, ...)")
+    if len(out) > 2 or any(o.metric not in ("params", "macs") for o in out[1:]):
+        raise SpecError(f"{key}: a second objective must be params or macs")
+    return out
+
+
+def _parse_choice(raw: Any, where: str, kinds: dict[str, set[str]]) -> dict[str, Any]:
+    if not isinstance(raw, Mapping) or raw.get("type") not in kinds:
+        raise SpecError(f"{where}.type: expected one of {', '.join(kinds)}")
+    extra = sorted(set(raw) - kinds[raw["type"]])
+    if extra:
+        raise SpecError(f"{where}.{extra[0]}: unknown key for {where} {raw['type']}")
+    for k, v in raw.items():
+        if k != "type" and (isinstance(v, bool) and k != "multivariate" or not isinstance(
+                v, (int, float, bool))):
+            raise SpecError(f"{where}.{k}: expected a number, got {v!r}")
+    return dict(raw)

@@ -1,0 +1,193 @@
+"""Optuna searches: validation, a tiny real search in Optuna and MLflow, pruning, resume,
+failures, and two workers sharing one PostgreSQL study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cifarnet.cli import main
+from cifarnet.search_spec import load_search_spec, parse_search_spec
+from cifarnet.spec import SpecError
+
+from pg import pg_database  # noqa: F401  (fixture)
+from test_runner import EXE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def search_spec(tree: Path, folder: Path, **changes) -> dict:
+    spec = {
+        "name": "tiny_search",
+        "base": {"data": {"path": str(tree), "num_workers": 0, "val_size": 40},
+                 "train": {"epochs": 1, "batch_size": 32, "device": "cpu",
+                           "out_dir": str(folder / "runs")}},
+        "space": {"train.lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
+                  "data.augment_strength": {"type": "float", "low": 0.0, "high": 2.0}},
+        "objective": {"metric": "val_acc", "direction": "maximize"},
+        "n_trials": 3,
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": {"type": "none"},
+    }
+    spec.update(changes)
+    return spec
+
+
+def write(folder: Path, spec: dict) -> Path:
+    path = folder / "search.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def study_of(folder: Path, name: str = "tiny_search") -> optuna.Study:
+    return optuna.load_study(study_name=f"search.{name}",
+                             storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
+
+
+def trial_runs(folder: Path, name: str = "tiny_search"):
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+    df = mlflow.search_runs(experiment_names=[name])
+    return df[df["tags.cifarnet.role"] == "trial"], df
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"colour": 1}, "colour"),
+    ({"space": {"train.lrate": {"type": "float", "low": 0.1, "high": 1}}}, "space.train.lrate"),
+    ({"space": {"train.lr": {"type": "float", "low": 0.5, "high": 0.1}}}, "space.train.lr"),
+    ({"space": {"train.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}},
+     "space.train.lr.low"),
+    ({"space": {"train.lr": {"type": "gaussian"}}}, "space.train.lr.type"),
+    ({"space": {"model.depthwise": {"type": "categorical", "choices": [True, "no"]}}},
+     "space.model.depthwise.choices"),
+    ({"objective": {"metric": "test_acc", "direction": "maximize"}}, "objective.metric"),
+    ({"objective": {"metric": "val_acc", "direction": "up"}}, "objective.direction"),
+    ({"n_trials": 0}, "n_trials"),
+    ({"pruner": {"type": "median", "patience": 3}}, "pruner.patience"),
+])
+def test_validation_names_the_key(tiny_tree, tmp_path, change, key) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_search_spec(search_spec(tiny_tree, tmp_path, **change))
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_validation_split_is_required(tiny_tree, tmp_path) -> None:
+    spec = search_spec(tiny_tree, tmp_path)
+    spec["base"]["data"]["val_size"] = 0
+    with pytest.raises(SpecError, match="^base.data.val_size"):
+        parse_search_spec(spec)
+
+
+def test_multi_objective_cannot_prune(tiny_tree, tmp_path) -> None:
+    spec = search_spec(tiny_tree, tmp_path, objectives=[
+        {"metric": "val_acc", "direction": "maximize"},
+        {"metric": "params", "direction": "minimize"}], pruner={"type": "median"})
+    del spec["objective"]
+    with pytest.raises(SpecError, match="^pruner"):
+        parse_search_spec(spec)
+
+
+def test_cli_bad_spec_exits_2_and_writes_nothing(tiny_tree, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    bad = search_spec(tiny_tree, tmp_path, objective={"metric": "test_acc",
+                                                      "direction": "maximize"})
+    r = CliRunner().invoke(main, ["search", str(write(tmp_path, bad))])
+    assert r.exit_code == 2 and r.stderr.startswith("error: objective.metric")
+    r = CliRunner().invoke(main, ["search", str(write(tmp_path, search_spec(tiny_tree, tmp_path))),
+                                  "--set", "train.lr=0.1"])
+    assert r.exit_code == 2 and "train.lr" in r.stderr
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "searches").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_search_specs_are_valid(path: Path) -> None:
+    spec = load_search_spec(path)
+    assert spec.base_config().data.val_size > 0
+
+
+def test_tiny_search_is_in_optuna_and_mlflow_and_resumes(tiny_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path))
+    r = CliRunner().invoke(main, ["search", str(spec)])
+    assert r.exit_code == 0, r.output
+    study = study_of(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    trials, df = trial_runs(tmp_path)
+    assert sorted(trials["tags.optuna.trial_number"].astype(int)) == [0, 1, 2]
+    assert set(trials["tags.optuna.state"]) == {"COMPLETE"}
+    by_number = trials.set_index(trials["tags.optuna.trial_number"].astype(int))
+    for t in study.trials:
+        assert float(by_number.loc[t.number, "params.train.lr"]) == pytest.approx(
+            t.params["train.lr"])
+        assert by_number.loc[t.number, "metrics.val_acc"] == pytest.approx(t.value)
+    final = df[df["tags.cifarnet.role"] == "final"]
+    assert len(final) == 1 and final["params.data.val_size"].item() == "0"
+    assert "held-out test" in r.output
+
+    again = CliRunner().invoke(main, ["search", str(spec)])
+    assert again.exit_code == 0 and len(study_of(tmp_path).trials) == 3  # study is full
+    more = CliRunner().invoke(main, ["search", str(spec), "--n-trials", "2"])
+    assert more.exit_code == 0 and len(study_of(tmp_path).trials) == 5
+    assert len(trial_runs(tmp_path)[0]) == 5
+
+    rep = CliRunner().invoke(main, ["search-report", "tiny_search", "--out", "rep"])
+    assert rep.exit_code == 0, rep.output
+    for name in ("history.png", "parallel_coordinate.png", "search.md"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    assert "optuna-dashboard sqlite:///" in rep.output
+
+
+def test_pruner_stops_trials(tiny_tree, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = search_spec(tiny_tree, tmp_path, n_trials=2,
+                       pruner={"type": "threshold", "lower": 1.1})  # val_acc < 1.1: prune
+    spec["base"]["train"]["epochs"] = 3
+    r = CliRunner().invoke(main, ["search", str(write(tmp_path, spec)), "--no-final"])
+    assert r.exit_code == 0, r.output
+    study = study_of(tmp_path)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [1] for t in study.trials)
+    trials, _ = trial_runs(tmp_path)
+    assert set(trials["tags.optuna.state"]) == {"PRUNED"}
+    assert set(trials["tags.cifarnet.status"]) == {"pruned"}
+
+
+def test_diverging_trials_fail_and_the_search_goes_on(tiny_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = search_spec(tiny_tree, tmp_path, n_trials=2, space={
+        "train.lr": {"type": "float", "low": 50.0, "high": 100.0}})
+    spec["base"]["train"].update(epochs=3, batch_size=16)
+    r = CliRunner().invoke(main, ["search", str(write(tmp_path, spec))])
+    assert r.exit_code == 0, r.output
+    assert [t.state.name for t in study_of(tmp_path).trials] == ["FAIL", "FAIL"]
+    trials, _ = trial_runs(tmp_path)
+    assert set(trials["status"]) == {"FAILED"} and set(trials["tags.optuna.state"]) == {"FAIL"}
+
+
+@pytest.mark.postgres
+def test_two_workers_share_one_postgres_study(tiny_tree, tmp_path, pg_database) -> None:
+    queue, tracking = pg_database("study"), pg_database("mlflow")
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=4))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    workers = [subprocess.Popen([EXE, "search", str(spec), "--storage", queue, "--no-final"],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="search.tiny_search", storage=queue)
+    # Each worker checks the count before starting a trial, so two may overshoot by one.
+    assert 4 <= len(study.trials) <= 5
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    mlflow.set_tracking_uri(tracking)
+    df = mlflow.search_runs(experiment_names=["tiny_search"])
+    numbers = sorted(df[df["tags.cifarnet.role"] == "trial"]["tags.optuna.trial_number"]
+                     .astype(int))
+    assert numbers == [t.number for t in study.trials]
+    assert len(df[df["tags.cifarnet.role"] == "study"]) == 1
