@@ -19,7 +19,7 @@ from cifarnet.data import load_data
 from cifarnet.train import train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import append_benchmark, machine_line  # noqa: E402
+from common import append_benchmark  # noqa: E402
 
 TARGET = 0.85
 

@@ -38,7 +38,7 @@ class ModelConfig:
     dilation: int = _opt(2, "dilation of block 3's second 3x3 convolution (1 = none)", min=1, max=4)
     pointwise_after_stride: bool = _opt(True, "1x1 convolution after each stride-2 3x3 convolution")
     depthwise: bool = _opt(True, "depthwise-separable convolutions in 2a, 3a, 4a, 4b")
-    regular_after_depthwise: bool = _opt(True, "regular 3x3 in 2b and 3b (false: depthwise-separable)")
+    regular_after_depthwise: bool = _opt(True, "regular 3x3 in 2b, 3b (false: depthwise-separable)")
     extra_adds: bool = _opt(False, "also add 1a + 1b and 2a + 2b")
     width: float = _opt(1.0, "channel multiplier (1.0 = seed widths)", gt=0.0, max=8.0)
     dropout: float = _opt(0.0, "dropout before the classifier", min=0.0, max=0.9)
@@ -50,8 +50,10 @@ class DataConfig:
 
     source: Literal["auto", "cifar10", "imagefolder"] = _opt(
         "auto", "auto: imagefolder when a path is set (data.path or CIFARNET_DATA), else cifar10")
-    path: str | None = _opt(None, "local ImageFolder tree (train/<class>, test/<class>)", hashed=False)
-    cache_dir: str | None = _opt(None, "decoded-array cache (default ~/.cache/cifarnet)", hashed=False)
+    path: str | None = _opt(None, "local ImageFolder tree (train/<class>, test/<class>)",
+                            hashed=False)
+    cache_dir: str | None = _opt(None, "decoded-array cache (default ~/.cache/cifarnet)",
+                                 hashed=False)
     train_subset: int | None = _opt(None, "class-stratified training subset size", min=10)
     test_subset: int | None = _opt(None, "class-stratified test subset size", min=10)
     val_size: int = _opt(0, "class-stratified validation images carved from training", min=0)
@@ -74,7 +76,8 @@ class TrainConfig:
     momentum: float = _opt(0.9, "SGD momentum / Adam beta1", min=0.0, max=0.999)
     weight_decay: float = _opt(5e-4, "weight decay", min=0.0, max=1.0)
     schedule: Literal["onecycle", "cosine", "step", "constant"] = _opt("onecycle", "lr schedule")
-    warmup_frac: float = _opt(0.25, "onecycle: fraction of steps rising to the peak", gt=0.0, max=0.9)
+    warmup_frac: float = _opt(0.25, "onecycle: fraction of steps rising to the peak", gt=0.0,
+                              max=0.9)
     step_epochs: int = _opt(10, "step: epochs between decays", min=1)
     step_gamma: float = _opt(0.1, "step: decay factor", gt=0.0, max=1.0)
     label_smoothing: float = _opt(0.1, "label smoothing", min=0.0, max=0.5)

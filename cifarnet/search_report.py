@@ -101,7 +101,8 @@ def markdown(study: optuna.Study, storage_url: str) -> str:
     final = study.user_attrs.get(FINAL_ATTR)
     if final:
         lines += ["", "## Held-out test of the best configuration", "",
-                  f"Best trial {final['trial']} (validation objective {final['val_objective']:.4f}) "
+                  f"Best trial {final['trial']} (validation objective "
+                  f"{final['val_objective']:.4f}) "
                   f"retrained on train + validation: test accuracy {final['test_acc']:.4f} "
                   f"(MLflow run {final['run_id']}). Measured once, after the search."]
     lines += ["", "Dashboard: `optuna-dashboard " + storage_url + "`"]

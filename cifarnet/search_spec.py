@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from cifarnet.config import (RunConfig, build_config, check_key, coerce_value,
                              flatten_mapping)
 from cifarnet.errors import ConfigError
-from cifarnet.spec import NAME_RE, SpecError, resolve_spec_path
+from cifarnet.spec import SpecError, parse_header, resolve_spec_path
 from cifarnet.yamlio import read_yaml_mapping
 
 SEARCH_KEYS = {"name", "description", "base", "space", "objective", "objectives", "n_trials",
@@ -93,21 +93,7 @@ def _check_base(base: Mapping[str, Any], where: str) -> RunConfig:
 
 
 def parse_search_spec(raw: Mapping[str, Any]) -> SearchSpec:
-    unknown = sorted(set(raw) - SEARCH_KEYS)
-    if unknown:
-        raise SpecError(f"{unknown[0]}: unknown search-spec key (expected "
-                        f"{', '.join(sorted(SEARCH_KEYS))})")
-    name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SpecError(f"name: expected letters, digits, '_', '.', '-' only, got {name!r}")
-    description = raw.get("description", "")
-    base_raw = raw.get("base") or {}
-    if not isinstance(base_raw, Mapping):
-        raise SpecError("base: expected a mapping of config keys")
-    try:
-        base = flatten_mapping(base_raw)
-    except ConfigError as exc:
-        raise SpecError(f"base.{exc}") from None
+    name, description, base = parse_header(raw, SEARCH_KEYS)
     space = _parse_space(raw.get("space"))
     for p in space:
         if p.key in base:

@@ -136,25 +136,30 @@ def _check_config(overrides: Mapping[str, Any], where: str) -> RunConfig:
         raise SpecError(str(exc)) from None
 
 
-def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
-    """Validate a spec mapping completely; raise SpecError naming the first bad key."""
-    unknown = sorted(set(raw) - SPEC_KEYS)
+def parse_header(raw: Mapping[str, Any], keys: set[str]) -> tuple[str, str, dict[str, Any]]:
+    """The part every spec shares: known keys only, a valid name, a description, and a base
+    of run-config overrides (returned as dotted keys, not yet checked as a config)."""
+    unknown = sorted(set(raw) - keys)
     if unknown:
-        raise SpecError(f"{unknown[0]}: unknown spec key (expected {', '.join(sorted(SPEC_KEYS))})")
+        raise SpecError(f"{unknown[0]}: unknown spec key (expected {', '.join(sorted(keys))})")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(f"name: expected letters, digits, '_', '.', '-' only, got {name!r}")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise SpecError("description: expected a string")
-
     base_raw = raw.get("base") or {}
     if not isinstance(base_raw, Mapping):
         raise SpecError("base: expected a mapping of config keys")
     try:
-        base = flatten_mapping(base_raw)
+        return name, description, flatten_mapping(base_raw)
     except ConfigError as exc:
         raise SpecError(f"base.{exc}") from None
+
+
+def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
+    """Validate a spec mapping completely; raise SpecError naming the first bad key."""
+    name, description, base = parse_header(raw, SPEC_KEYS)
     _check_config(base, "base.")
 
     factors = _parse_factors(raw.get("factors"))

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cifarnet.config import RunConfig, build_config
+from pg import pg_database  # noqa: F401  (a fixture for every test module)
 
 SHARED_TREE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg"
 # The real tree is decoded once per machine into the user's cache (about 35 s the first time).

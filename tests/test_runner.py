@@ -23,7 +23,7 @@ from cifarnet.model import CifarNet, paired_init
 from cifarnet.spec import load_spec
 
 from conftest import make_tree
-from pg import free_port, pg_database  # noqa: F401  (fixture)
+from pg import free_port
 
 EXE = str(Path(sys.executable).with_name("cifarnet-exp"))
 
@@ -60,6 +60,8 @@ def children(df):
 
 def test_tiny_grid_is_tracked_and_a_rerun_adds_nothing(tiny_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # MLflow's own setting; our default samples every 5 s, longer than these tiny runs.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     spec = write_spec(tmp_path, tiny_tree)
     r = CliRunner().invoke(main, ["run", str(spec)])
     assert r.exit_code == 0, r.output

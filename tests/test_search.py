@@ -17,7 +17,6 @@ from cifarnet.cli import main
 from cifarnet.search_spec import load_search_spec, parse_search_spec
 from cifarnet.spec import SpecError
 
-from pg import pg_database  # noqa: F401  (fixture)
 from test_runner import EXE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -40,4 +40,4 @@ def test_budget_warning_and_table() -> None:
     text = format_table(s)
     assert "498,864" in text and "WARNING" in text
     lines = text.splitlines()
-    assert len({len(l) for l in lines[2:8]}) == 1, "rows are aligned"
+    assert len({len(line) for line in lines[2:8]}) == 1, "rows are aligned"
