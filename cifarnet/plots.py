@@ -52,7 +52,6 @@ def plot_differences(analysis: Analysis, path: Path) -> Path:
         c, scale = v.comparison, (100 if v.hypothesis.metric.endswith("_acc") else 1)
         y = n - 1 - i
         r = v.hypothesis.rope * scale
-        ax.axhspan(y - 0.4, y + 0.4, xmin=0, xmax=1, color="white")
         ax.fill_betweenx([y - 0.35, y + 0.35], -r, r, color="#ffe082", alpha=0.6,
                          label="rope" if i == 0 else None)
         if c.differences:

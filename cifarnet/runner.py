@@ -133,10 +133,10 @@ def run_spec(spec: AblationSpec, *, storage_url: str | None = None,
     records = job_records(jobs)
     data = data if data is not None else preload_data([j.config for j in jobs])
 
+    storage = retry_setup(lambda: make_storage(storage_url, heartbeat_interval, grace_period))
     setup_mlflow()
     client = retry_setup(MlflowClient)
     out = Outcome(experiment_id=retry_setup(lambda: get_or_create_experiment(spec.name)))
-    storage = retry_setup(lambda: make_storage(storage_url, heartbeat_interval, grace_period))
     queue = JobQueue(storage, f"cifarnet.{spec.name}.{grid_id(spec)}")
     out.parent_run_id = _parent_run(queue, client, out.experiment_id, spec)
     done = finished_hashes(client, out.experiment_id)

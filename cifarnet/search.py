@@ -101,10 +101,10 @@ def run_search(spec: SearchSpec, *, storage_url: str | None = None,
     quiet_libraries()
     base = spec.base_config()
     data = data if data is not None else load_data(base.data)
+    storage = retry_setup(lambda: make_storage(storage_url))
     setup_mlflow()
     client = retry_setup(MlflowClient)
     experiment_id = retry_setup(lambda: get_or_create_experiment(spec.name))
-    storage = retry_setup(lambda: make_storage(storage_url))
     directions = [o.direction for o in spec.objectives]
     study, created = open_study(f"search.{spec.name}", storage, directions=directions,
                                 sampler=make_sampler(spec.sampler),

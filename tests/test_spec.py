@@ -108,7 +108,7 @@ def test_cli_exits_2_and_writes_nothing(tmp_path, monkeypatch, path, value, key)
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_cli_bad_set_and_missing_data_write_nothing(tmp_path, monkeypatch) -> None:
+def test_cli_bad_set_and_missing_data_write_nothing(tiny_tree, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     spec = _write(tmp_path, GOOD)
     r = CliRunner().invoke(main, ["run", str(spec), "--set", "train.epochz=1"])
@@ -119,6 +119,9 @@ def test_cli_bad_set_and_missing_data_write_nothing(tmp_path, monkeypatch) -> No
     assert r.exit_code == 2 and "does not exist" in r.stderr
     r = CliRunner().invoke(main, ["run", "nope.yaml"])
     assert r.exit_code == 2 and "nope.yaml" in r.stderr
+    r = CliRunner().invoke(main, ["run", str(spec), "--set", f"data.path={tiny_tree}",
+                                  "--storage", "postgresql://nobody@127.0.0.1:1/none"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --storage")
     assert not (tmp_path / "mlruns").exists()
 
 
