@@ -77,7 +77,9 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not args.no_write:
-        append_benchmark("Accuracy of the default recipe", lines)
+        title = ("Accuracy of the default recipe" if not args.assignments
+                 else "Accuracy of a candidate recipe (" + ", ".join(args.assignments) + ")")
+        append_benchmark(title, lines)
 
 
 if __name__ == "__main__":
