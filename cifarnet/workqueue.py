@@ -146,6 +146,9 @@ class JobQueue:
             except UpdateFinishedTrialError:
                 continue
             if won:
+                # At once: a RUNNING trial without a heartbeat never counts as stale, so a
+                # worker killed before its first beat would hold the job forever.
+                self.storage.record_heartbeat(trial_id)
                 a = t.user_attrs
                 return QueuedJob(t.number, trial_id, a["config_hash"], a["cell"], int(a["seed"]),
                                  json.loads(a["config"]))
