@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,6 +38,7 @@ def plot_curves(analysis: Analysis, path: Path) -> Path:
         ax.fill_between(epochs, arr.min(0), arr.max(0), color=line.get_color(), alpha=0.2)
     ax.axhline(85, color="black", lw=0.8, ls=":", label="85%")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(_title(analysis, "test accuracy per epoch"), fontsize=10)
     ax.grid(alpha=0.3)

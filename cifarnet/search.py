@@ -109,6 +109,7 @@ def run_search(spec: SearchSpec, *, storage_url: str | None = None,
     study, created = open_study(f"search.{spec.name}", storage, directions=directions,
                                 sampler=make_sampler(spec.sampler),
                                 pruner=pruner or make_pruner(spec.pruner))
+    study.set_user_attr("data_label", data.label)
     parent = shared_parent_run(client, experiment_id, study, created, f"{spec.name} (study)",
                                {TAG_ROLE: "study", TAG_SPEC: spec.name,
                                 "optuna.study": study.study_name},

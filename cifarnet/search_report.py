@@ -73,6 +73,8 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
             ax = make()
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(9, 5.5)
+            label = study.user_attrs.get("data_label", "")
+            fig.suptitle(study.study_name + (f" - {label}" if label else ""), fontsize=10)
             fig.tight_layout()
             fig.savefig(out / name, dpi=110)
             plt.close(fig)

@@ -155,7 +155,7 @@ def _wait_for(pred, timeout: float = 120.0) -> None:
 @pytest.fixture()
 def slow_tree(tmp_path_factory) -> Path:
     """More images, so a run lasts long enough to be interrupted."""
-    return make_tree(tmp_path_factory.mktemp("slow") / "data", per_class_train=150,
+    return make_tree(tmp_path_factory.mktemp("slow") / "data", per_class_train=100,
                      per_class_test=10)
 
 
