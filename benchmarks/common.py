@@ -30,7 +30,7 @@ def machine_line() -> str:
 
 def command_line() -> str:
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
-                   if k in ("CIFARNET_DATA",))
+                   if k in ("CIFARNET_DATA", "OMP_NUM_THREADS"))
     argv = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     return f"{env} {argv}".strip()
 
