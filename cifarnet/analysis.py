@@ -53,10 +53,8 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame) -> Analysis:
         values = {tuple(c.levels.items()): metric_by_seed(runs, c.label, "test_acc")
                   for c in spec.cells()}
         effects = factorial_effects(values, spec.factors)
-    label = ""
-    if "params.data.label" in runs and len(runs):
-        label = str(runs["params.data.label"].dropna().iloc[0]) if runs[
-            "params.data.label"].notna().any() else ""
+    labels = runs["params.data.label"].dropna() if "params.data.label" in runs else []
+    label = str(labels.iloc[0]) if len(labels) else ""
     return Analysis(spec, variants_table(spec, runs), verdicts, effects, runs, label)
 
 

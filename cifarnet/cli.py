@@ -122,7 +122,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     from rich.console import Console
 
     from cifarnet.adaptive import run_until_decided
-    from cifarnet.config import parse_assignment
+    from cifarnet.config import parse_assignments
     from cifarnet.progress import GridProgress
     from cifarnet.report import analyze_grid, verdict_table
     from cifarnet.runner import Outcome, preload_data, run_spec
@@ -130,7 +130,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
 
     spec = load_spec(spec_path)
     if assignments:
-        spec = spec.with_base(dict(parse_assignment(a) for a in assignments))
+        spec = spec.with_base(parse_assignments(assignments))
     jobs = spec.jobs()
     if dry_run:
         click.echo(_dry_run_table(spec, jobs))
@@ -232,7 +232,7 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...]) -> No
 def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
                assignments: tuple[str, ...], no_final: bool) -> None:
     """Optuna search over the recipe (e.g. lr, augment strength), pruned, tracked, shareable."""
-    from cifarnet.config import parse_assignment
+    from cifarnet.config import parse_assignments
     from cifarnet.data import load_data
     from cifarnet.search import run_search
     from cifarnet.search_spec import load_search_spec
@@ -240,7 +240,7 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
 
     spec = load_search_spec(spec_path)
     if assignments:
-        spec = spec.with_base(dict(parse_assignment(a) for a in assignments))
+        spec = spec.with_base(parse_assignments(assignments))
     data = load_data(spec.base_config().data)
     try:
         out = run_search(spec, storage_url=storage, n_trials=n_trials, data=data,

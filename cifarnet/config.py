@@ -155,6 +155,11 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), parse_scalar(value)
 
 
+def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Repeated `--set KEY=VALUE` options as one dotted mapping (later ones win)."""
+    return dict(parse_assignment(a) for a in assignments)
+
+
 def flatten_mapping(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested and dotted keys to dotted keys only: {'train': {'lr': 1}} -> {'train.lr': 1}."""
     if not isinstance(data, Mapping):
@@ -267,5 +272,4 @@ def load_config(path: str | None, assignments: list[str] | tuple[str, ...] = (),
         cfg = build_config(read_yaml_mapping(path), base=cfg)
     if preset:
         cfg = build_config(preset, base=cfg)
-    overrides = dict(parse_assignment(a) for a in assignments)
-    return build_config(overrides, base=cfg)
+    return build_config(parse_assignments(assignments), base=cfg)
