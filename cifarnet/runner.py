@@ -145,33 +145,37 @@ def run_spec(spec: AblationSpec, *, storage_url: str | None = None,
     total = len(records)
 
     stop = stop or threading.Event()
-    while True:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        queue.fail_stale()
-        job = queue.pop()
-        counts = queue.counts()
-        progress.grid(counts, total)
-        if job is None:
-            if counts["running"] == 0 and counts["waiting"] == 0:
-                break
-            stop.wait(poll_interval)  # others are still running; one may go stale
-            continue
-        label = f"{job.cell} seed={job.seed}"
-        if job.config_hash in finished_hashes(client, out.experiment_id, job.config_hash):
-            queue.finish(job, TrialState.PRUNED, skipped="already finished")
-            out.skipped.append(label)
-            continue
-        if queue.is_duplicate(job):
-            queue.finish(job, TrialState.PRUNED, skipped="duplicate")
-            continue
-        _fail_stale_mlflow_runs(client, out.experiment_id, job.config_hash)
-        cfg = build_config(job.config)
-        key = data_key(cfg.data)
-        if key not in data:
-            data[key] = load_data(cfg.data)
-        _run_job(job, cfg, data[key], queue, client, out, spec.name,
-                 [*progress.run_callbacks(label), StopOnSignal(stop)], progress, label)
+    try:
+        while True:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            queue.fail_stale()
+            job = queue.pop()
+            counts = queue.counts()
+            progress.grid(counts, total)
+            if job is None:
+                if counts["running"] == 0 and counts["waiting"] == 0:
+                    break
+                stop.wait(poll_interval)  # others are still running; one may go stale
+                continue
+            label = f"{job.cell} seed={job.seed}"
+            if job.config_hash in finished_hashes(client, out.experiment_id, job.config_hash):
+                queue.finish(job, TrialState.PRUNED, skipped="already finished")
+                out.skipped.append(label)
+                continue
+            if queue.is_duplicate(job):
+                queue.finish(job, TrialState.PRUNED, skipped="duplicate")
+                continue
+            _fail_stale_mlflow_runs(client, out.experiment_id, job.config_hash)
+            cfg = build_config(job.config)
+            key = data_key(cfg.data)
+            if key not in data:
+                data[key] = load_data(cfg.data)
+            _run_job(job, cfg, data[key], queue, client, out, spec.name,
+                     [*progress.run_callbacks(label), StopOnSignal(stop)], progress, label)
+    except KeyboardInterrupt:
+        client.set_terminated(out.parent_run_id, "KILLED")  # the next run reopens it
+        raise
 
     _close_parent(client, queue, out)
     return out

@@ -188,6 +188,8 @@ def test_sigterm_ends_the_run_killed(slow_tree, tmp_path) -> None:
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert "KILLED" in _child_statuses(tmp_path)
+    parent = runs_df(tmp_path).query("`tags.cifarnet.role` == 'parent'")
+    assert parent["status"].item() == "KILLED"
 
 
 @pytest.mark.postgres
