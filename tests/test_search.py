@@ -190,3 +190,26 @@ def test_two_workers_share_one_postgres_study(tiny_tree, tmp_path, pg_database) 
                      .astype(int))
     assert numbers == [t.number for t in study.trials]
     assert len(df[df["tags.cifarnet.role"] == "study"]) == 1
+
+
+def test_multi_objective_search_reports_a_pareto_front(tiny_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = search_spec(tiny_tree, tmp_path, n_trials=3, sampler={"type": "nsgaii", "seed": 0},
+                       space={"model.width": {"type": "float", "low": 0.5, "high": 1.0},
+                              "model.depthwise": {"type": "categorical",
+                                                  "choices": [True, False]}},
+                       objectives=[{"metric": "val_acc", "direction": "maximize"},
+                                   {"metric": "params", "direction": "minimize"}])
+    del spec["objective"]
+    r = CliRunner().invoke(main, ["search", str(write(tmp_path, spec))])
+    assert r.exit_code == 0, r.output
+    study = study_of(tmp_path)
+    assert len(study.directions) == 2 and len(study.trials) == 3
+    from cifarnet.config import build_config
+    from cifarnet.model import CifarNet, count_params
+    for t in study.trials:
+        assert t.values[1] == count_params(CifarNet(build_config(t.params).model))
+    assert study.best_trials and "best trial" in r.output
+    rep = CliRunner().invoke(main, ["search-report", "tiny_search", "--out", "rep"])
+    assert rep.exit_code == 0, rep.output
+    assert (tmp_path / "rep" / "pareto_front.png").stat().st_size > 0
