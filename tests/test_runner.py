@@ -60,8 +60,9 @@ def children(df):
 
 def test_tiny_grid_is_tracked_and_a_rerun_adds_nothing(tiny_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # MLflow's own setting; our default samples every 5 s, longer than these tiny runs.
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    # MLflow's own setting. Our default samples every 5 s, and MLflow drops the sample in
+    # progress when a run ends, so these sub-second runs need a short interval.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
     spec = write_spec(tmp_path, tiny_tree)
     r = CliRunner().invoke(main, ["run", str(spec)])
     assert r.exit_code == 0, r.output
