@@ -10,12 +10,11 @@ summary table as artifacts. System metrics (CPU, memory, GPU) are logged while a
 from __future__ import annotations
 
 import os
-import traceback
 from pathlib import Path
 from typing import Any
 
 from cifarnet.callbacks import Callback, RunContext, RunResult
-from cifarnet.summary import format_table, summarize
+from cifarnet.summary import Summary, format_table, summarize
 
 LOCAL_ROOT = Path("mlruns")
 TAG_ROLE = "cifarnet.role"
@@ -98,8 +97,7 @@ def shared_parent_run(client: Any, experiment_id: str, study: Any, created: bool
     return parent
 
 
-def summary_params(ctx_config) -> dict[str, Any]:
-    s = summarize(ctx_config.model)
+def summary_params(s: Summary) -> dict[str, Any]:
     return {"arch.params": s.total_params, "arch.macs": s.total_macs,
             "arch.receptive_field": s.receptive_field}
 
@@ -117,7 +115,7 @@ class MlflowRunCallback(Callback):
         client = MlflowClient()
         cfg = ctx.config
         s = summarize(cfg.model)
-        params = {**cfg.flatten(), **summary_params(cfg), "data.label": ctx.data_label,
+        params = {**cfg.flatten(), **summary_params(s), "data.label": ctx.data_label,
                   "data.num_train": ctx.num_train, "data.num_val": ctx.num_val,
                   "data.num_test": ctx.num_test, "device": ctx.device}
         client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -164,7 +162,3 @@ def _one_line(text: str) -> str:
 def mlflow_status(result_status: str) -> str:
     """Trainer status -> MLflow run status."""
     return {"finished": "FINISHED", "killed": "KILLED"}.get(result_status, "FAILED")
-
-
-def format_exception() -> str:
-    return traceback.format_exc()
