@@ -25,7 +25,7 @@ from cifarnet.callbacks import Callback
 from cifarnet.config import load_config
 from cifarnet.data import load_data
 from cifarnet.model import CifarNet
-from cifarnet.train import build_optimizer, select_device, train
+from cifarnet.train import build_optimizer, memory_format_for, select_device, train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import append_benchmark  # noqa: E402
@@ -87,8 +87,7 @@ def trainer_way(cfg, data, backend: str, epochs: int) -> float:
 def ceiling(cfg, data, device: torch.device, epochs: int) -> float:
     """Forward + backward + step on batches prepared in advance (no data work at all)."""
     model = CifarNet(cfg.model)
-    fmt = torch.channels_last if cfg.train.channels_last and device.type in ("cuda", "cpu") \
-        else torch.preserve_format
+    fmt = memory_format_for(device, cfg.train.channels_last)
     model = model.to(device, memory_format=fmt)
     opt = build_optimizer(model, cfg.train)
     bs = cfg.train.batch_size

@@ -49,6 +49,13 @@ def select_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def memory_format_for(device: torch.device, channels_last: bool) -> torch.memory_format:
+    """channels_last where it is faster (CUDA and the CPU), else the tensors' own layout."""
+    if channels_last and device.type in ("cuda", "cpu"):
+        return torch.channels_last
+    return torch.preserve_format
+
+
 def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.train.out_dir) / cfg.hash()[:16]
 
@@ -112,8 +119,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *, data: Dataset |
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     on_cuda = device.type == "cuda"
-    memory_format = (torch.channels_last if t.channels_last and device.type in ("cuda", "cpu")
-                     else torch.preserve_format)
+    memory_format = memory_format_for(device, t.channels_last)
 
     model = CifarNet(cfg.model, num_classes=len(data.classes))
     paired_init(model, t.seed)
