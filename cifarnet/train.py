@@ -71,11 +71,14 @@ def build_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
 
 def build_scheduler(opt: torch.optim.Optimizer, t: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per batch."""
+    """Stepped once per batch. A one-cycle run of under 4 steps has no room for its two
+    phases and keeps the peak lr constant."""
     total = t.epochs * steps_per_epoch
-    if t.schedule == "onecycle":
+    if t.schedule == "onecycle" and total >= 4:
+        # Each phase needs at least one step, or OneCycleLR divides by zero on short runs.
+        pct = min(max(t.warmup_frac, 2.0 / total), (total - 2.0) / total)
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=t.lr, total_steps=total, pct_start=t.warmup_frac,
+            opt, max_lr=t.lr, total_steps=total, pct_start=pct,
             anneal_strategy="linear", cycle_momentum=False, div_factor=10.0,
             final_div_factor=100.0)
     if t.schedule == "cosine":

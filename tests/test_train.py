@@ -74,6 +74,13 @@ def test_same_seed_same_losses(tiny_tree, tmp_path, backend: str) -> None:
     assert losses(0, "a") != losses(1, "c")
 
 
+@pytest.mark.parametrize("steps", [1, 2, 4, 5])
+def test_one_cycle_survives_very_short_runs(tiny_tree, tmp_path, steps: int) -> None:
+    # 240 images; batch 240 // steps gives `steps` steps in one epoch
+    cfg = tiny_config(tiny_tree, tmp_path, {"train.batch_size": 240 // steps})
+    assert train(cfg).status == "finished"
+
+
 def test_learning_rate_of_ten_diverges_at_once(tiny_tree, tmp_path) -> None:
     cfg = tiny_config(tiny_tree, tmp_path, {"train.lr": 10.0, "train.epochs": 30,
                                             "train.batch_size": 16})
