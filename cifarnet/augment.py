@@ -8,7 +8,8 @@ Strength s (``data.augment_strength``, default 1.0 = the seed) scales:
 - CoarseDropout: one square hole of side round(16*s) (at most 32), top-left corner uniform
   over the positions that keep the hole inside the image, filled with the dataset mean, p=0.5;
 - HorizontalFlip stays at p=0.5 for any s > 0. s = 0 turns every transform off.
-Normalisation (dataset mean and std) follows.
+Normalisation (dataset mean and std) follows. `AugmentParams.flip_only()` keeps the flip alone:
+the last `data.flip_only_frac` of a run's epochs train with it.
 
 `albumentations` is the reference (per image, in DataLoader workers); `TorchAugment` applies
 the same transforms to a batch with tensor ops (flip by mask, affine_grid/grid_sample with
@@ -40,21 +41,30 @@ class AugmentParams:
     hole: int
 
     @classmethod
-    def at(cls, strength: float, image_size: int = 32) -> "AugmentParams":
+    def at(cls, strength: float, image_size: int = 32) -> AugmentParams:
         on = strength > 0
         hole = min(image_size, round(SEED_HOLE * strength))
         return cls(strength, 0.5 if on else 0.0, 0.5 if on else 0.0, SEED_SHIFT * strength,
                    SEED_SCALE * strength, SEED_ROTATE * strength,
                    0.5 if hole > 0 else 0.0, hole)
 
+    @classmethod
+    def flip_only(cls) -> AugmentParams:
+        """The seed's flip without its warp and hole: a clean finish after strong augmentation."""
+        return cls(1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
 
-def albumentations_pipeline(strength: float, mean: tuple[float, ...],
+    @classmethod
+    def of(cls, strength: float | AugmentParams) -> AugmentParams:
+        return strength if isinstance(strength, AugmentParams) else cls.at(strength)
+
+
+def albumentations_pipeline(strength: float | AugmentParams, mean: tuple[float, ...],
                             std: tuple[float, ...]):
     """The seed's pipeline in albumentations 2.x; strict, so a wrong argument raises."""
     import albumentations as A
     import cv2
 
-    p = AugmentParams.at(strength)
+    p = AugmentParams.of(strength)
     fill = tuple(float(m * 255.0) for m in mean)
     transforms = []
     if p.flip_p:
@@ -129,9 +139,9 @@ def affine_theta(d: BatchDraws, size: int) -> torch.Tensor:
 class TorchAugment:
     """Batched augmentation + normalisation of uint8 NHWC batches on the training device."""
 
-    def __init__(self, strength: float, mean: tuple[float, ...], std: tuple[float, ...],
-                 device: torch.device) -> None:
-        self.p = AugmentParams.at(strength)
+    def __init__(self, strength: float | AugmentParams, mean: tuple[float, ...],
+                 std: tuple[float, ...], device: torch.device) -> None:
+        self.p = AugmentParams.of(strength)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.device = device

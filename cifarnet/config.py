@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from cifarnet.errors import ConfigError
-from cifarnet.yamlio import read_yaml_mapping
+from cifarnet.yamlio import read_yaml_mapping, safe_load
 
 
 def _opt(default: Any, doc: str, *, min: float | None = None, gt: float | None = None,
@@ -60,6 +60,10 @@ class DataConfig:
     split_seed: int = _opt(0, "seed of the subsets and the validation split", min=0)
     augment_strength: float = _opt(1.0, "scales shift, scale, rotation limits and hole side",
                                    min=0.0, max=4.0)
+    flip_only_frac: float = _opt(
+        0.33, "fraction of the epochs, at the end, trained with the flip alone (no warp, no "
+        "hole); round(frac * epochs) epochs, 0 = the seed's augmentation throughout",
+        min=0.0, max=1.0)
     backend: Literal["torch", "albumentations"] = _opt(
         "torch", "augmentation backend: batched tensor ops, or albumentations per image")
     num_workers: int = _opt(2, "DataLoader workers (albumentations backend)", min=0, hashed=False)
@@ -139,7 +143,7 @@ def config_keys() -> list[str]:
 def parse_scalar(text: str) -> Any:
     """A command-line value parsed as a YAML scalar: `1` int, `0.05` float, `true` bool."""
     try:
-        value = yaml.safe_load(text)
+        value = safe_load(text)
     except yaml.YAMLError:
         return text
     return text if isinstance(value, (dict, list)) else value

@@ -3,7 +3,8 @@
 Both loaders take the epoch's order from the stream ("order", epoch) and its augmentations
 from ("augment", epoch) of the run seed, never from the model, so every variant of an
 ablation sees the same batches at the same seed. An epoch is `steps` full batches (the last
-incomplete batch is dropped, unless the data is smaller than one batch).
+incomplete batch is dropped, unless the data is smaller than one batch). From epoch
+`flip_only_from` on, the batches are only flipped (see `AugmentParams.flip_only`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from cifarnet.augment import TorchAugment, albumentations_pipeline
+from cifarnet.augment import AugmentParams, TorchAugment, albumentations_pipeline
 from cifarnet.data import Split
 from cifarnet.seeding import seed_from, torch_gen
 
@@ -37,10 +38,12 @@ class TorchLoader:
 
     def __init__(self, split: Split, strength: float, mean: tuple[float, ...],
                  std: tuple[float, ...], batch_size: int, seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, flip_only_from: int | None = None) -> None:
         self.images = torch.from_numpy(split.images).to(device)
         self.labels = torch.from_numpy(split.labels).to(device)
         self.augment = TorchAugment(strength, mean, std, device)
+        self.flip_only = TorchAugment(AugmentParams.flip_only(), mean, std, device)
+        self.flip_only_from = flip_only_from
         self.batch_size, self.seed, self.device = batch_size, seed, device
 
     def __len__(self) -> int:
@@ -49,8 +52,19 @@ class TorchLoader:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         order = epoch_order(len(self.labels), self.batch_size, self.seed, epoch).to(self.device)
         gen = torch_gen(self.seed, "augment", epoch)
+        augment = self.flip_only if _flip_only(epoch, self.flip_only_from) else self.augment
         for idx in order.split(min(self.batch_size, len(order))):
-            yield self.augment(self.images[idx], gen), self.labels[idx]
+            yield augment(self.images[idx], gen), self.labels[idx]
+
+
+def flip_only_start(epochs: int, frac: float) -> int | None:
+    """The first flip-only epoch of a run: the last round(frac * epochs) are; None if none."""
+    n = round(frac * epochs)
+    return epochs - n + 1 if n else None
+
+
+def _flip_only(epoch: int, flip_only_from: int | None) -> bool:
+    return flip_only_from is not None and epoch >= flip_only_from
 
 
 class _AlbumentationsDataset(TorchDataset):
@@ -90,10 +104,15 @@ class AlbumentationsLoader:
 
     def __init__(self, split: Split, strength: float, mean: tuple[float, ...],
                  std: tuple[float, ...], batch_size: int, seed: int,
-                 device: torch.device, num_workers: int) -> None:
-        self.dataset = _AlbumentationsDataset(split, albumentations_pipeline(strength, mean, std))
+                 device: torch.device, num_workers: int,
+                 flip_only_from: int | None = None) -> None:
+        self.datasets = (
+            _AlbumentationsDataset(split, albumentations_pipeline(strength, mean, std)),
+            _AlbumentationsDataset(split, albumentations_pipeline(AugmentParams.flip_only(),
+                                                                  mean, std)))
+        self.dataset = self.datasets[0]
         self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.num_workers = num_workers
+        self.num_workers, self.flip_only_from = num_workers, flip_only_from
 
     def __len__(self) -> int:
         return steps_per_epoch(len(self.dataset), self.batch_size)
@@ -102,7 +121,8 @@ class AlbumentationsLoader:
         order = epoch_order(len(self.dataset), self.batch_size, self.seed, epoch).tolist()
         pairs = [(i, seed_from(self.seed, "augment", epoch, pos) & 0xFFFFFFFF)
                  for pos, i in enumerate(order)]
-        loader = DataLoader(self.dataset, batch_size=min(self.batch_size, len(order)),
+        dataset = self.datasets[_flip_only(epoch, self.flip_only_from)]
+        loader = DataLoader(dataset, batch_size=min(self.batch_size, len(order)),
                             sampler=_EpochSampler(pairs), num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", drop_last=False)
         for x, y in loader:
@@ -111,11 +131,13 @@ class AlbumentationsLoader:
 
 def make_loader(split: Split, backend: str, strength: float, mean: tuple[float, ...],
                 std: tuple[float, ...], batch_size: int, seed: int, device: torch.device,
-                num_workers: int = 0) -> TorchLoader | AlbumentationsLoader:
+                num_workers: int = 0,
+                flip_only_from: int | None = None) -> TorchLoader | AlbumentationsLoader:
+    """The training batches; from epoch `flip_only_from` on (if given) flipped only."""
     if backend == "torch":
-        return TorchLoader(split, strength, mean, std, batch_size, seed, device)
+        return TorchLoader(split, strength, mean, std, batch_size, seed, device, flip_only_from)
     return AlbumentationsLoader(split, strength, mean, std, batch_size, seed, device,
-                                num_workers)
+                                num_workers, flip_only_from)
 
 
 def eval_batches(split: Split, mean: tuple[float, ...], std: tuple[float, ...],

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from cifarnet.errors import UserError
 from cifarnet.spec import AblationSpec, parse_spec, resolve_spec_path
 from cifarnet.tracking import TAG_CELL, TAG_HASH, TAG_ROLE, TAG_SEED, setup_mlflow
+from cifarnet.yamlio import safe_load
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def find_grid(spec_or_experiment: str) -> Grid:
     if not parents:
         raise UserError(f"{name}: the experiment has no ablation parent run")
     parent = parents[0]
-    raw = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/spec.yaml"))
+    raw = safe_load(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/spec.yaml"))
     return Grid(parse_spec(raw), name, exp.experiment_id, parent.info.run_id)
 
 

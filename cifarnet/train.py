@@ -27,7 +27,7 @@ from torch import nn
 from cifarnet.callbacks import Callback, RunContext, RunResult, StopTraining
 from cifarnet.config import RunConfig, TrainConfig
 from cifarnet.data import Dataset, load_data
-from cifarnet.loaders import Batch, eval_batches, make_loader
+from cifarnet.loaders import Batch, eval_batches, flip_only_start, make_loader
 from cifarnet.model import CifarNet, count_params, paired_init
 from cifarnet.seeding import seed_from
 
@@ -128,7 +128,8 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *, data: Dataset |
     paired_init(model, t.seed)
     model.to(device, memory_format=memory_format)
     loader = make_loader(data.train, cfg.data.backend, cfg.data.augment_strength, data.mean,
-                         data.std, t.batch_size, t.seed, device, cfg.data.num_workers)
+                         data.std, t.batch_size, t.seed, device, cfg.data.num_workers,
+                         flip_only_start(t.epochs, cfg.data.flip_only_frac))
     opt = build_optimizer(model, t)
     sched = build_scheduler(opt, t, len(loader))
     evals = {"test": eval_batches(data.test, data.mean, data.std, device)}

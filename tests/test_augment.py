@@ -9,7 +9,7 @@ from cifarnet.augment import (AugmentParams, BatchDraws, TorchAugment, albumenta
                               apply_geometry, draw)
 from cifarnet.config import DataConfig
 from cifarnet.data import load_data
-from cifarnet.loaders import make_loader
+from cifarnet.loaders import epoch_order, flip_only_start, make_loader
 from cifarnet.seeding import torch_gen
 
 N = 4000
@@ -203,3 +203,38 @@ def test_albumentations_batches_do_not_depend_on_workers(tiny_tree) -> None:
         return [x for x, _ in loader.epoch(1)]
 
     assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2)))
+
+
+@pytest.mark.parametrize("backend", ["torch", "albumentations"])
+def test_flip_only_epochs_keep_the_flip_alone(tiny_tree, backend: str) -> None:
+    """From `flip_only_from` on, every sample is its normalised image or its mirror image."""
+    data = load_data(DataConfig(path=str(tiny_tree)))
+    loader = make_loader(data.train, backend, 1.0, data.mean, data.std, 64, 3,
+                         torch.device("cpu"), num_workers=0, flip_only_from=2)
+    plain = TorchAugment(0.0, data.mean, data.std, torch.device("cpu")).normalize(
+        torch.from_numpy(data.train.images))
+    order = epoch_order(len(data.train), 64, 3, 2)
+
+    def kinds(epoch: int) -> tuple[int, int, int]:
+        same = mirrored = other = 0
+        batches = torch.cat([x for x, _ in loader.epoch(epoch)])
+        for x, ref in zip(batches, plain[epoch_order(len(data.train), 64, 3, epoch)]):
+            if torch.allclose(x, ref, atol=1e-5):
+                same += 1
+            elif torch.allclose(x, ref.flip(2), atol=1e-5):
+                mirrored += 1
+            else:
+                other += 1
+        return same, mirrored, other
+
+    same, mirrored, other = kinds(2)
+    assert other == 0 and same > 0 and mirrored > 0 and same + mirrored == len(order)
+    assert kinds(1)[2] > len(order) // 4  # before the tail: the seed's warp and hole
+
+
+def test_flip_only_fraction_counts_epochs_from_the_end() -> None:
+    assert flip_only_start(30, 0.33) == 21  # epochs 21..30: 10 epochs
+    assert flip_only_start(3, 0.33) == 3
+    assert flip_only_start(1, 0.33) is None  # a 1-epoch run keeps the seed's augmentation
+    assert flip_only_start(30, 0.0) is None
+    assert flip_only_start(4, 1.0) == 1

@@ -32,6 +32,16 @@ def test_set_values_are_yaml_scalars() -> None:
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
 
 
+def test_exponents_without_a_dot_are_floats(tmp_path) -> None:
+    """YAML 1.1 reads `5e-5` as a string; people write weight decays that way."""
+    assert parse_assignment("train.weight_decay=5e-5") == ("train.weight_decay", 5e-5)
+    assert parse_assignment("train.lr=-1E2") == ("train.lr", -100.0)
+    assert parse_assignment("model.dilation=1e") == ("model.dilation", "1e")
+    f = tmp_path / "run.yaml"
+    f.write_text("train:\n  weight_decay: 1e-4\n")
+    assert load_config(str(f), []).train.weight_decay == 1e-4
+
+
 @pytest.mark.parametrize(("overrides", "key", "fragment"), [
     ({"model.dilatation": 1}, "model.dilatation", "unknown key"),
     ({"modle.dilation": 1}, "modle.dilation", "unknown key"),
@@ -96,4 +106,4 @@ def test_yaml_file_then_set(tmp_path) -> None:
     assert cfg.model.dilation == 1 and cfg.train.lr == 0.3
 
 
-PINNED_DEFAULT_HASH = "891651235ee7e18f5e360af8277d8b12bd4a92ad30936e7967055a76c9f5b9d0"
+PINNED_DEFAULT_HASH = "00d64fc788ab3d97d352b5b1016c62b9da379e2ae04be8339d52a5d0e9da76d3"

@@ -74,6 +74,24 @@ def test_same_seed_same_losses(tiny_tree, tmp_path, backend: str) -> None:
     assert losses(0, "a") != losses(1, "c")
 
 
+def test_flip_only_tail_changes_only_the_last_epochs(tiny_tree, tmp_path) -> None:
+    """data.flip_only_frac reaches the trainer: epochs before the tail train as before."""
+    def losses(frac: float, sub: str) -> list[list[float]]:
+        cfg = tiny_config(tiny_tree, tmp_path / sub,
+                          {"train.epochs": 3, "data.flip_only_frac": frac})
+        rec = Recorder()
+        train(cfg, [rec])
+        per_epoch: list[list[float]] = [[], [], []]
+        for e in rec.events:
+            if e[0] == "batch":
+                per_epoch[e[1] - 1].append(e[3])
+        return per_epoch
+
+    seed_aug, tail = losses(0.0, "a"), losses(0.33, "b")
+    assert seed_aug[:2] == tail[:2]
+    assert seed_aug[2] != tail[2]
+
+
 @pytest.mark.parametrize("steps", [1, 2, 4, 5])
 def test_one_cycle_survives_very_short_runs(tiny_tree, tmp_path, steps: int) -> None:
     # 240 images; batch 240 // steps gives `steps` steps in one epoch
