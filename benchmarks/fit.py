@@ -16,24 +16,25 @@ from pathlib import Path
 
 import torch
 
-from cifarnet.config import build_config
-from cifarnet.data import load_data
+from cifarnet.config import RunConfig, build_config
+from cifarnet.data import DATA_KEYS, Dataset, data_key, preload_data
 from cifarnet.loaders import eval_batches
 from cifarnet.model import CifarNet
 from cifarnet.train import CHECKPOINT, METRICS, evaluate
 
-SPLIT_KEYS = ("source", "path", "cache_dir", "train_subset", "test_subset", "val_size",
-              "split_seed")
 
+def run_config(run_dir: Path) -> RunConfig:
+    """The run's network and splits from its metrics.json.
 
-def clean_accuracy(run_dir: Path) -> tuple[float, float]:
-    """(clean training accuracy, test accuracy) of the run's last checkpoint, on the CPU."""
+    Only those: runs written before a recipe field was added or renamed still load.
+    """
     raw = json.loads((run_dir / METRICS).read_text())["config"]
-    # only what fixes the network and the splits: runs written before a recipe field was
-    # added or renamed still load
-    cfg = build_config({"model": raw["model"],
-                        "data": {k: raw["data"][k] for k in SPLIT_KEYS if k in raw["data"]}})
-    data = load_data(cfg.data)
+    return build_config({"model": raw["model"],
+                         "data": {k: raw["data"][k] for k in DATA_KEYS if k in raw["data"]}})
+
+
+def clean_accuracy(run_dir: Path, cfg: RunConfig, data: Dataset) -> tuple[float, float]:
+    """(clean training accuracy, test accuracy) of the run's last checkpoint, on the CPU."""
     model = CifarNet(cfg.model, num_classes=len(data.classes))
     model.load_state_dict(torch.load(run_dir / CHECKPOINT, weights_only=True)["model"])
     cpu = torch.device("cpu")
@@ -51,8 +52,10 @@ def main() -> None:
     args = ap.parse_args()
     print("| run | clean train acc | test acc | gap |")
     print("|---|---:|---:|---:|")
-    for run_dir in args.run_dirs:
-        train_acc, test_acc = clean_accuracy(run_dir)
+    configs = {run_dir: run_config(run_dir) for run_dir in args.run_dirs}
+    datasets = preload_data(cfg.data for cfg in configs.values())
+    for run_dir, cfg in configs.items():
+        train_acc, test_acc = clean_accuracy(run_dir, cfg, datasets[data_key(cfg.data)])
         print(f"| {run_dir} | {train_acc:.4f} | {test_acc:.4f} | {train_acc - test_acc:+.4f} |",
               flush=True)
 

@@ -123,9 +123,10 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
 
     from cifarnet.adaptive import run_until_decided
     from cifarnet.config import parse_assignments
+    from cifarnet.data import preload_data
     from cifarnet.progress import GridProgress
     from cifarnet.report import analyze_grid, verdict_table
-    from cifarnet.runner import Outcome, preload_data, run_spec
+    from cifarnet.runner import Outcome, run_spec
     from cifarnet.spec import load_spec
 
     spec = load_spec(spec_path)
@@ -135,7 +136,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     if dry_run:
         click.echo(_dry_run_table(spec, jobs))
         return
-    data = preload_data([j.config for j in jobs])
+    data = preload_data(j.config.data for j in jobs)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ IMAGE_SIZE = 32
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CACHE_VERSION = 1
 JPEG_MIRROR_LABEL = "CIFAR-10 (JPEG q75 mirror)"
+# The DataConfig fields that pick the images and the splits (augmentation fields do not).
+DATA_KEYS = ("source", "path", "train_subset", "test_subset", "val_size", "split_seed")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,21 @@ class Dataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     label: str
+
+
+def data_key(cfg: DataConfig) -> tuple:
+    """Configs with equal keys load the same Dataset: load it once for all of them."""
+    return tuple(getattr(cfg, k) for k in DATA_KEYS)
+
+
+def preload_data(configs: Iterable[DataConfig]) -> dict[tuple, Dataset]:
+    """Each distinct dataset of `configs`, loaded once, by `data_key`."""
+    cache: dict[tuple, Dataset] = {}
+    for cfg in configs:
+        key = data_key(cfg)
+        if key not in cache:
+            cache[key] = load_data(cfg)
+    return cache
 
 
 def default_cache_dir() -> Path:

@@ -23,8 +23,8 @@ from typing import Any
 from optuna.trial import TrialState
 
 from cifarnet.callbacks import Callback
-from cifarnet.config import DataConfig, RunConfig, build_config
-from cifarnet.data import Dataset, load_data
+from cifarnet.config import RunConfig, build_config
+from cifarnet.data import Dataset, data_key, load_data, preload_data
 from cifarnet.retry import retry_setup
 from cifarnet.spec import AblationSpec, Job
 from cifarnet.tracking import (TAG_CELL, TAG_HASH, TAG_REASON, TAG_ROLE, TAG_SEED, TAG_SPEC,
@@ -32,8 +32,6 @@ from cifarnet.tracking import (TAG_CELL, TAG_HASH, TAG_REASON, TAG_ROLE, TAG_SEE
                                mlflow_status, setup_mlflow, shared_parent_run)
 from cifarnet.train import default_run_dir, train
 from cifarnet.workqueue import JobQueue, QueuedJob, make_storage
-
-DATA_KEYS = ("source", "path", "train_subset", "test_subset", "val_size", "split_seed")
 
 
 @dataclass
@@ -66,20 +64,6 @@ def grid_id(spec: AblationSpec) -> str:
     text = json.dumps({"base": spec.base_config().hash(), "factors": spec.factors},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def data_key(cfg: DataConfig) -> tuple:
-    return tuple(getattr(cfg, k) for k in DATA_KEYS)
-
-
-def preload_data(configs: list[RunConfig]) -> dict[tuple, Dataset]:
-    """Load every distinct dataset up front, so a bad data path fails before any write."""
-    cache: dict[tuple, Dataset] = {}
-    for cfg in configs:
-        key = data_key(cfg.data)
-        if key not in cache:
-            cache[key] = load_data(cfg.data)
-    return cache
 
 
 def quiet_libraries() -> None:
@@ -131,7 +115,8 @@ def run_spec(spec: AblationSpec, *, storage_url: str | None = None,
     progress = progress or Progress()
     jobs = jobs if jobs is not None else spec.jobs()
     records = job_records(jobs)
-    data = data if data is not None else preload_data([j.config for j in jobs])
+    # every dataset up front, so a bad data path fails before any write
+    data = data if data is not None else preload_data(j.config.data for j in jobs)
 
     storage = retry_setup(lambda: make_storage(storage_url, heartbeat_interval, grace_period))
     setup_mlflow()
