@@ -23,7 +23,7 @@ import torch
 
 from cifarnet.callbacks import Callback
 from cifarnet.config import RunConfig, load_config
-from cifarnet.data import load_data
+from cifarnet.data import Dataset, load_data
 from cifarnet.train import train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -42,14 +42,17 @@ class PrintEpoch(Callback):
 Row = tuple[int, int | None, float, float, float]
 
 
-def run_seed(cfg: RunConfig, threads: int | None = None) -> Row:
-    """One seed's run: (seed, epochs to TARGET, final, best, seconds per epoch)."""
+def run_seed(cfg: RunConfig, threads: int | None = None, data: Dataset | None = None) -> Row:
+    """One seed's run: (seed, epochs to TARGET, final, best, seconds per epoch).
+
+    A worker process passes no `data` and loads it from the decoded-array cache.
+    """
     if threads:
         torch.set_num_threads(threads)
     t = cfg.train
     print(f"seed {t.seed}: {t.optimizer} lr={t.lr} {t.schedule} bs={t.batch_size} "
           f"epochs={t.epochs} flip-only fraction {cfg.data.flip_only_frac:g}", flush=True)
-    result = train(cfg, [PrintEpoch()], data=load_data(cfg.data))
+    result = train(cfg, [PrintEpoch()], data=data if data is not None else load_data(cfg.data))
     accs = [h["test_acc"] for h in result.history]
     reach = next((i + 1 for i, a in enumerate(accs) if a >= TARGET), None)
     secs = sum(h["epoch_time_s"] for h in result.history)
@@ -74,7 +77,7 @@ def main() -> None:
     data = load_data(base.data)  # decodes (or finds) the cache once, before any worker starts
     cfgs = [base.replace({"train.seed": seed}) for seed in args.seeds]
     if args.parallel == 1:
-        rows = [run_seed(cfg) for cfg in cfgs]
+        rows = [run_seed(cfg, data=data) for cfg in cfgs]
     else:
         threads = max(1, (os.cpu_count() or 1) // args.parallel)
         torch.set_num_threads(threads)  # what the machine line reports

@@ -110,15 +110,14 @@ class AlbumentationsLoader:
             _AlbumentationsDataset(split, albumentations_pipeline(strength, mean, std)),
             _AlbumentationsDataset(split, albumentations_pipeline(AugmentParams.flip_only(),
                                                                   mean, std)))
-        self.dataset = self.datasets[0]
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.num_workers, self.flip_only_from = num_workers, flip_only_from
 
     def __len__(self) -> int:
-        return steps_per_epoch(len(self.dataset), self.batch_size)
+        return steps_per_epoch(len(self.datasets[0]), self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        order = epoch_order(len(self.dataset), self.batch_size, self.seed, epoch).tolist()
+        order = epoch_order(len(self.datasets[0]), self.batch_size, self.seed, epoch).tolist()
         pairs = [(i, seed_from(self.seed, "augment", epoch, pos) & 0xFFFFFFFF)
                  for pos, i in enumerate(order)]
         dataset = self.datasets[_flip_only(epoch, self.flip_only_from)]
