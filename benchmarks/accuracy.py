@@ -21,10 +21,10 @@ from multiprocessing import get_context
 
 import torch
 
-from cifarnet.callbacks import Callback
-from cifarnet.config import RunConfig, load_config
-from cifarnet.data import Dataset, load_data
-from cifarnet.train import train
+from cifarnet.config.schema import RunConfig, load_config
+from cifarnet.data.datasets import Dataset, load_data
+from cifarnet.training.callbacks import Callback
+from cifarnet.training.loop import train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import append_benchmark  # noqa: E402

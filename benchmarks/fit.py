@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from cifarnet.config import RunConfig, build_config
-from cifarnet.data import DATA_KEYS, Dataset, data_key, preload_data
-from cifarnet.loaders import eval_batches
-from cifarnet.model import CifarNet
-from cifarnet.train import CHECKPOINT, METRICS, evaluate
+from cifarnet.config.schema import RunConfig, build_config
+from cifarnet.data.datasets import DATA_KEYS, Dataset, data_key, preload_data
+from cifarnet.data.loaders import eval_batches
+from cifarnet.model.cifarnet import CifarNet
+from cifarnet.training.evaluation import evaluate
+from cifarnet.training.loop import CHECKPOINT, METRICS
 
 
 def run_config(run_dir: Path) -> RunConfig:

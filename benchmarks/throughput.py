@@ -20,12 +20,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from cifarnet.augment import albumentations_pipeline
-from cifarnet.callbacks import Callback
-from cifarnet.config import load_config
-from cifarnet.data import load_data
-from cifarnet.model import CifarNet
-from cifarnet.train import build_optimizer, memory_format_for, select_device, train
+from cifarnet.config.schema import load_config
+from cifarnet.data.augment import albumentations_pipeline
+from cifarnet.data.datasets import load_data
+from cifarnet.model.cifarnet import CifarNet
+from cifarnet.training.callbacks import Callback
+from cifarnet.training.device import (autocast_for, in_layout, memory_format_for,
+                                      resolve_precision,
+                                      select_device)
+from cifarnet.training.loop import train
+from cifarnet.training.optim import build_optimizer
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import append_benchmark  # noqa: E402
@@ -92,11 +96,9 @@ def ceiling(cfg, data, device: torch.device, epochs: int) -> float:
     opt = build_optimizer(model, cfg.train)
     bs = cfg.train.batch_size
     steps = len(data.train) // bs
-    x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    x = in_layout(torch.randn(bs, 3, 32, 32, device=device), fmt)
     y = torch.randint(0, 10, (bs,), device=device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if device.type == "cuda" and cfg.train.amp else torch.autocast("cpu",
-                                                                               enabled=False))
+    autocast = autocast_for(device, resolve_precision(cfg.train.precision, device))
     rates = []
     for _ in range(epochs + 1):
         t0 = time.perf_counter()

@@ -11,3 +11,36 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError):
     """A data folder that is missing, empty or malformed."""
+
+
+SHOW_LIMIT = 80
+
+
+def shown(value: object, limit: int = SHOW_LIMIT) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters with an ellipsis.
+
+    Every user value quoted in a message goes through here, so that one bad input cannot
+    turn a one-line error into megabytes. Strings are sliced before `repr`, so a huge string
+    is never copied whole; other values are cut after `repr`.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]
+        return repr(value)[:limit - 1] + "…"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def clip(text: str, limit: int = SHOW_LIMIT) -> str:
+    """`text` as is, or cut to `limit` characters with an ellipsis (for names and paths)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """A message as one terminal line: line breaks shown as `\\n`, at most `limit` characters."""
+    text = message.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class StoreError(UserError):
+    """A tracking store or queue storage that cannot be opened, or whose start-up lock is
+    held too long; the message carries the store's URL with its password masked."""

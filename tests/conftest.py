@@ -1,38 +1,16 @@
-"""Shared fixtures: a tiny generated ImageFolder tree and shrunken real configs."""
+"""Shared fixtures: a tiny generated ImageFolder tree, an isolated cache, a fast folder, and a
+PostgreSQL database per test (pg.py). Plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-
-from cifarnet.config import RunConfig, build_config
+from helpers import make_tree
 from pg import pg_database  # noqa: F401  (a fixture for every test module)
-
-SHARED_TREE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg"
-# The real tree is decoded once per machine into the user's cache (about 35 s the first time).
-SHARED_CACHE = Path.home() / ".cache" / "cifarnet"
-CLASSES = ["ant", "bee", "cat", "dog"]
-
-
-def make_tree(root: Path, per_class_train: int = 60, per_class_test: int = 15,
-              classes: list[str] = CLASSES, size: int = 32) -> Path:
-    """Class-coloured noisy squares as PNGs: learnable, and decoded losslessly."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class_train), ("test", per_class_test)):
-        for k, c in enumerate(classes):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (size, size, 3))
-                img[:, :, k % 3] += 120 + 60 * (k // 3)
-                x0 = rng.integers(0, size // 2)
-                img[x0:x0 + 8, :, (k + 1) % 3] = 250
-                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i:04d}.png")
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -40,26 +18,42 @@ def tiny_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tree(tmp_path_factory.mktemp("tiny") / "data")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_store_variables_across_modules():
+    """A module's own fixtures (a grid run once per module) start without a store variable
+    that an earlier module's fixture left behind (mlflow.set_tracking_uri writes
+    MLFLOW_TRACKING_URI to the environment); the variables' absence is restored after."""
+    patch = pytest.MonkeyPatch()
+    for name in ("MLFLOW_TRACKING_URI", "CIFARNET_STORAGE"):
+        patch.setenv(name, "")
+        patch.delenv(name)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
     """Decoded-array caches go to a temp folder, never the user's home."""
     monkeypatch.setenv("CIFARNET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.delenv("CIFARNET_DATA", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-def tiny_config(tree: Path, tmp_path: Path, overrides: dict | None = None) -> RunConfig:
-    """The real default config, shrunk: 1 epoch, tiny data, CPU (lightning-hydra style)."""
-    base = {"data.path": str(tree), "data.num_workers": 0, "train.epochs": 1,
-            "train.batch_size": 32, "train.device": "cpu", "train.out_dir": str(tmp_path / "runs")}
-    base.update(overrides or {})
-    return build_config(base)
-
-
-def shared_tree_or_skip() -> Path:
-    if not (SHARED_TREE / "train").is_dir():
-        pytest.skip(f"{SHARED_TREE} not present")
-    return SHARED_TREE
+    # set first, so that monkeypatch restores the variable's absence after the test even when
+    # the test set it (mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI to the environment)
+    for name in ("MLFLOW_TRACKING_URI", "CIFARNET_STORAGE"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture()
+def fast_folder(tmp_path) -> Path:
+    """A folder in memory (tmpfs) where there is one: SQLite commits without waiting for
+    the disk, so five rounds of 500 claims fit in seconds."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="cifarnet-claims-", dir=shm))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

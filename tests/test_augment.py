@@ -5,12 +5,18 @@ import pytest
 import torch
 from scipy import stats
 
-from cifarnet.augment import (AugmentParams, BatchDraws, TorchAugment, albumentations_pipeline,
-                              apply_geometry, draw)
-from cifarnet.config import DataConfig
-from cifarnet.data import load_data
-from cifarnet.loaders import epoch_order, flip_only_start, make_loader
-from cifarnet.seeding import torch_gen
+from cifarnet.config.schema import DataConfig, build_config
+from cifarnet.data.augment import (
+    AugmentParams,
+    BatchDraws,
+    TorchAugment,
+    albumentations_pipeline,
+    apply_geometry,
+    draw,
+)
+from cifarnet.data.datasets import load_data
+from cifarnet.data.loaders import epoch_order, flip_only_start, make_loader
+from cifarnet.training.seeding import torch_gen
 
 N = 4000
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -184,8 +190,9 @@ def test_same_seed_same_batches(tiny_tree, backend: str) -> None:
     data = load_data(DataConfig(path=str(tiny_tree)))
 
     def first(seed: int, epoch: int = 1):
-        loader = make_loader(data.train, backend, 1.0, data.mean, data.std, 32, seed,
-                             torch.device("cpu"), num_workers=0)
+        loader = make_loader(data, build_config({"data.backend": backend, "train.batch_size": 32,
+                                                 "train.seed": seed, "data.num_workers": 0}),
+                             torch.device("cpu"))
         return next(iter(loader.epoch(epoch)))
 
     (a, ya), (b, yb), (c, _) = first(0), first(0), first(1)
@@ -198,8 +205,9 @@ def test_albumentations_batches_do_not_depend_on_workers(tiny_tree) -> None:
     data = load_data(DataConfig(path=str(tiny_tree)))
 
     def batches(workers: int):
-        loader = make_loader(data.train, "albumentations", 1.0, data.mean, data.std, 64, 5,
-                             torch.device("cpu"), num_workers=workers)
+        loader = make_loader(data, build_config({
+            "data.backend": "albumentations", "train.batch_size": 64, "train.seed": 5,
+            "data.num_workers": workers}), torch.device("cpu"))
         return [x for x, _ in loader.epoch(1)]
 
     assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2)))
@@ -209,8 +217,10 @@ def test_albumentations_batches_do_not_depend_on_workers(tiny_tree) -> None:
 def test_flip_only_epochs_keep_the_flip_alone(tiny_tree, backend: str) -> None:
     """From `flip_only_from` on, every sample is its normalised image or its mirror image."""
     data = load_data(DataConfig(path=str(tiny_tree)))
-    loader = make_loader(data.train, backend, 1.0, data.mean, data.std, 64, 3,
-                         torch.device("cpu"), num_workers=0, flip_only_from=2)
+    # 3 epochs, the last round(0.67 * 3) = 2 flipped only: flip-only from epoch 2
+    loader = make_loader(data, build_config({
+        "data.backend": backend, "train.batch_size": 64, "train.seed": 3, "train.epochs": 3,
+        "data.flip_only_frac": 0.67, "data.num_workers": 0}), torch.device("cpu"))
     plain = TorchAugment(0.0, data.mean, data.std, torch.device("cpu")).normalize(
         torch.from_numpy(data.train.images))
     order = epoch_order(len(data.train), 64, 3, 2)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cifarnet import __version__
-from cifarnet.cli import main
+from cifarnet.cli.main import main
 
 
 def invoke(*args: str):
@@ -64,6 +64,7 @@ def test_bad_config_file_names_the_key(tmp_path) -> None:
     assert r.exit_code == 2 and "train.epochs" in r.stderr
 
 
+@pytest.mark.slow
 def test_installed_script_exit_codes() -> None:
     exe = Path(sys.executable).with_name("cifarnet-exp")  # the venv's, activated or not
     assert exe.is_file(), "the console script is installed with the package"
@@ -74,3 +75,43 @@ def test_installed_script_exit_codes() -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "error: model.dilatation: unknown key (did you mean model.dilation?)"]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("command, where, what", [
+    (["report", "tiny"], "cifarnet.tracking.results.find_parent_run",
+     "the report was stopped before it was complete; run it again"),
+    (["search-report", "tiny", "--storage", "sqlite:///x.db"],
+     "cifarnet.queue.jobs.make_storage",
+     "the search report was stopped before it was complete; run it again"),
+    (["summary"], "cifarnet.model.summary.summarize", "summary stopped"),
+    (["relocate-store"], "cifarnet.tracking.location.relocate",
+     "relocate-store stopped; nothing was changed (one transaction), run it again"),
+])
+def test_commands_without_a_run_stop_on_a_signal_with_one_line(monkeypatch, tmp_path, sig,
+                                                                command, where, what) -> None:
+    """Every command follows one signal policy: exit 128 + the signal, one line; here the
+    commands with no run to end, stopped in the middle of their work."""
+    import os
+    import signal
+
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    # imported before the patch: a module first imported under it would keep the patched
+    # function for good (`from ... import name`), and later tests would get it
+    for mod in ("cifarnet.search.report", "cifarnet.search.study", "cifarnet.analysis.report",
+                "cifarnet.tracking.results", "cifarnet.tracking.location",
+                "cifarnet.model.summary", "cifarnet.queue.jobs"):
+        importlib.import_module(mod)
+    module, name = where.rsplit(".", 1)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, sig))
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(__import__(module, fromlist=[name]), name, signalled)
+    r = CliRunner().invoke(main, command)
+    assert r.exit_code == 128 + getattr(signal, sig), r.output
+    assert r.output == f"interrupted: {what}\n"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored

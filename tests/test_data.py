@@ -6,15 +6,14 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import CLASSES, SHARED_CACHE, make_tree, shared_tree_or_skip
 from PIL import Image
 
-from cifarnet import data as data_mod
-from cifarnet.cli import main
-from cifarnet.config import DataConfig
-from cifarnet.data import load_data, stratified_indices
+from cifarnet.cli.main import main
+from cifarnet.config.schema import DataConfig
+from cifarnet.data import datasets as data_mod
+from cifarnet.data.datasets import load_data, stratified_indices
 from cifarnet.errors import DataError
-
-from conftest import CLASSES, SHARED_CACHE, make_tree, shared_tree_or_skip
 
 
 def test_loads_tree_with_stats_from_training_split(tiny_tree) -> None:
@@ -34,7 +33,7 @@ def test_environment_variable_selects_the_tree(tiny_tree, monkeypatch) -> None:
 def test_second_load_comes_from_the_cache(tiny_tree, monkeypatch) -> None:
     load_data(DataConfig(path=str(tiny_tree)))
     calls = []
-    monkeypatch.setattr(data_mod, "_decode", lambda p: calls.append(p))
+    monkeypatch.setattr(data_mod, "_read_decode", lambda p: calls.append(p))
     load_data(DataConfig(path=str(tiny_tree)))
     assert calls == []
 
@@ -106,6 +105,7 @@ def test_cli_exits_2_on_data_errors(tmp_path) -> None:
     assert r.exit_code == 2 and "does not exist" in r.stderr
 
 
+@pytest.mark.slow
 def test_offline_cifar10_download_says_how_to_use_local_data(tmp_path, monkeypatch) -> None:
     import torchvision.datasets
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from cifarnet.config import ModelConfig, build_config
-from cifarnet.model import CifarNet, count_params, paired_init
-from cifarnet.presets import PRESETS, list_presets, preset_model
+from cifarnet.config.presets import PRESETS, list_presets, preset_model
+from cifarnet.config.schema import ModelConfig, build_config
+from cifarnet.model.cifarnet import CifarNet, count_params, paired_init
 
 EXPECTED_PARAMS = {
     "seed": 153_104,

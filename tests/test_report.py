@@ -8,14 +8,13 @@ import mlflow
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers import children, runs_df, write_spec
 
-from cifarnet.adaptive import next_jobs, run_until_decided
-from cifarnet.analysis import analyze
-from cifarnet.cli import main
-from cifarnet.results import load_runs
-from cifarnet.spec import parse_spec
-
-from test_runner import children, runs_df, write_spec
+from cifarnet.ablation.adaptive import next_jobs, run_until_decided
+from cifarnet.ablation.spec import parse_spec
+from cifarnet.analysis.verdicts import analyze
+from cifarnet.cli.main import main
+from cifarnet.tracking.results import load_runs
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +29,7 @@ def ran_grid(tmp_path_factory, tiny_tree):
     return folder
 
 
+@pytest.mark.slow
 def test_report_files_hold_mlflows_numbers(ran_grid, monkeypatch) -> None:
     monkeypatch.chdir(ran_grid)
     r = CliRunner().invoke(main, ["report", "tiny", "--out", "rep"])
@@ -52,6 +52,10 @@ def test_report_files_hold_mlflows_numbers(ran_grid, monkeypatch) -> None:
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "residual_add=true" in html
     parent = runs_df(ran_grid).query("`tags.cifarnet.role` == 'parent'")["run_id"].item()
+    md = (out / "report.md").read_text()
+    assert "**reduced budget: 2 epochs," in md.splitlines()[2]  # what it reports, at the top
+    assert f"- parent run: {parent}" in md and "(grid id " in md and "grid id ?" not in md
+    assert "- seeds: 2 (0, 1)" in md
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(parent, "report")}
     assert "report/report.html" in logged and "report/curves.png" in logged
 
@@ -84,17 +88,25 @@ def fake_runs(values: dict[str, dict[int, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_next_jobs_adds_one_seed_to_undecided_cells_only() -> None:
     a, b = "residual_add=true,dilation=2", "residual_add=false,dilation=2"
     noisy = {a: {0: 0.81, 1: 0.80}, b: {0: 0.80, 1: 0.805}}
     jobs = next_jobs(SPEC, analyze(SPEC, fake_runs(noisy)), max_seeds=5)
     assert {j.cell.label for j in jobs} == {a, b} and {j.seed for j in jobs} == {2}
     assert next_jobs(SPEC, analyze(SPEC, fake_runs(noisy)), max_seeds=2) == []
+    # two seeds decide the fixed-n verdict but not the anytime-valid one that adaptive seeds
+    # stop on (Lai's sequence excludes nothing before 4 seeds): one more seed
     clear = {a: {0: 0.85, 1: 0.851}, b: {0: 0.80, 1: 0.8005}}
-    assert analyze(SPEC, fake_runs(clear)).verdicts[0].comparison.verdict == "supported"
+    v = analyze(SPEC, fake_runs(clear)).verdicts[0]
+    assert v.comparison.verdict == "supported" and v.verdict_anytime == "inconclusive"
+    assert {j.seed for j in next_jobs(SPEC, analyze(SPEC, fake_runs(clear)), max_seeds=5)} == {2}
+    clear = {a: {0: 0.85, 1: 0.851, 2: 0.849, 3: 0.8502}, b: {0: 0.80, 1: 0.8005, 2: 0.8, 3: 0.8}}
+    assert analyze(SPEC, fake_runs(clear)).verdicts[0].verdict_anytime == "supported"
     assert next_jobs(SPEC, analyze(SPEC, fake_runs(clear)), max_seeds=5) == []
 
 
+@pytest.mark.slow
 def test_run_until_decided_keeps_adding_seeds() -> None:
     """A constructed inconclusive case: noisy at first, a steady gap on the added seeds."""
     a, b = "residual_add=true,dilation=2", "residual_add=false,dilation=2"
@@ -112,4 +124,5 @@ def test_run_until_decided_keeps_adding_seeds() -> None:
     assert all({j.cell.label for j in batch} == {a, b} for batch in batches[1:])
     assert [batch[0].seed for batch in batches[1:]] == list(range(2, 2 + len(batches) - 1))
     assert final.verdicts[0].comparison.verdict == "supported"
+    assert final.verdicts[0].verdict_anytime == "supported"
     assert not math.isnan(final.verdicts[0].comparison.mean)

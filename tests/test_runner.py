@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -12,52 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
-
-from cifarnet.cli import main
-from cifarnet.config import DataConfig
-from cifarnet.data import load_data
-from cifarnet.loaders import make_loader
-from cifarnet.model import CifarNet, paired_init
-from cifarnet.spec import load_spec
-
-from conftest import make_tree
+from helpers import EXE, children, make_tree, runs_df, write_spec
 from pg import free_port
 
-EXE = str(Path(sys.executable).with_name("cifarnet-exp"))
+from cifarnet.ablation.spec import load_spec
+from cifarnet.cli.main import main
+from cifarnet.config.schema import DataConfig
+from cifarnet.data.datasets import load_data
+from cifarnet.data.loaders import make_loader
+from cifarnet.model.cifarnet import CifarNet, paired_init
 
 
-def write_spec(folder: Path, tree: Path, *, name: str = "tiny", epochs: int = 1,
-               factors: dict | None = None, seeds: list[int] | None = None) -> Path:
-    spec = {
-        "name": name,
-        "description": "a tiny grid for tests",
-        "base": {"data": {"path": str(tree), "num_workers": 0},
-                 "train": {"epochs": epochs, "batch_size": 32, "device": "cpu",
-                           "out_dir": str(folder / "runs")}},
-        "factors": factors or {"model.residual_add": [True, False]},
-        "seeds": seeds or [0, 1],
-        "hypotheses": [{"id": "H", "claim": "add helps", "a": {"model.residual_add": True},
-                        "b": {"model.residual_add": False}, "expect": "a > b",
-                        "rope": 0.002}] if factors is None else [],
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def runs_df(folder: Path, experiment: str = "tiny"):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=[experiment])
-
-
-def children(df):
-    return df[df["tags.cifarnet.role"] == "child"]
-
-
+@pytest.mark.slow
 def test_tiny_grid_is_tracked_and_a_rerun_adds_nothing(tiny_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # MLflow's own setting. Our default samples every 5 s, and MLflow drops the sample in
@@ -100,9 +68,7 @@ def test_paired_design_same_batches_and_shared_weights(tiny_tree, tmp_path) -> N
     data = load_data(DataConfig(path=str(tiny_tree)))
 
     def first_batch(cfg):
-        loader = make_loader(data.train, cfg.data.backend, cfg.data.augment_strength,
-                             data.mean, data.std, cfg.train.batch_size, cfg.train.seed,
-                             torch.device("cpu"))
+        loader = make_loader(data, cfg, torch.device("cpu"))
         return next(iter(loader.epoch(1)))
 
     (xa, ya), (xb, yb) = first_batch(a.config), first_batch(b.config)
@@ -114,6 +80,7 @@ def test_paired_design_same_batches_and_shared_weights(tiny_tree, tmp_path) -> N
     assert torch.equal(ma.convblockf[0].weight, mb.convblockf[0].weight)
 
 
+@pytest.mark.slow
 def test_diverging_cell_fails_while_others_finish(tiny_tree, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path, tiny_tree, epochs=2, factors={"train.lr": [0.05, 100.0]},
@@ -141,7 +108,7 @@ def _child_statuses(folder: Path) -> list[str]:
 
 
 def _start(spec: Path, folder: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([EXE, "run", str(spec), "--heartbeat", "1", "--grace", "3", *extra],
+    return subprocess.Popen([EXE, "run", str(spec), "--heartbeat", "1", "--grace", "7", *extra],
                             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -160,6 +127,7 @@ def slow_tree(tmp_path_factory) -> Path:
                      per_class_test=10)
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_completes_without_duplicates(slow_tree, tmp_path) -> None:
     spec = write_spec(tmp_path, slow_tree, epochs=3)
     proc = _start(spec, tmp_path)
@@ -168,7 +136,7 @@ def test_kill_9_then_rerun_completes_without_duplicates(slow_tree, tmp_path) -> 
     proc.kill()
     proc.wait()
     assert "RUNNING" in _child_statuses(tmp_path)
-    time.sleep(3.5)  # past the grace period: the dead worker's job is stale
+    time.sleep(7.5)  # past the grace period (2 x heartbeat + 5 s): the job is stale
     rerun = _start(spec, tmp_path)
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out
@@ -180,6 +148,7 @@ def test_kill_9_then_rerun_completes_without_duplicates(slow_tree, tmp_path) -> 
     assert "RUNNING" not in set(kids["status"])
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_killed(slow_tree, tmp_path) -> None:
     spec = write_spec(tmp_path, slow_tree, epochs=3, seeds=[0])
     proc = _start(spec, tmp_path)
@@ -187,12 +156,13 @@ def test_sigterm_ends_the_run_killed(slow_tree, tmp_path) -> None:
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out
+    assert proc.returncode == 128 + signal.SIGTERM, out  # 143
     assert "KILLED" in _child_statuses(tmp_path)
     parent = runs_df(tmp_path).query("`tags.cifarnet.role` == 'parent'")
     assert parent["status"].item() == "KILLED"
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_three_workers_share_one_postgres_queue(tiny_tree, tmp_path, pg_database) -> None:
     queue_url, mlflow_url = pg_database("queue"), pg_database("mlflow")
@@ -222,6 +192,7 @@ def test_three_workers_share_one_postgres_queue(tiny_tree, tmp_path, pg_database
     assert ran_here == 6
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_tracking_server_topology(tiny_tree, tmp_path, pg_database) -> None:
     """The docker-compose topology without Docker: mlflow server on PostgreSQL."""
@@ -254,6 +225,10 @@ def test_tracking_server_topology(tiny_tree, tmp_path, pg_database) -> None:
         assert {a.path for a in arts} >= {"config.yaml", "summary.txt"}
         assert any((tmp_path / "served-artifacts").rglob("config.yaml"))
         assert not (tmp_path / "mlruns" / "mlflow.db").exists()
-    finally:
+    finally:  # the whole group: uvicorn and MLflow's job consumers too
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)

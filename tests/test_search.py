@@ -10,50 +10,12 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-import yaml
 from click.testing import CliRunner
+from helpers import EXE, REPO, search_spec, study_of, trial_runs, write
 
-from cifarnet.cli import main
-from cifarnet.search_spec import load_search_spec, parse_search_spec
-from cifarnet.spec import SpecError
-
-from test_runner import EXE
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def search_spec(tree: Path, folder: Path, **changes) -> dict:
-    spec = {
-        "name": "tiny_search",
-        "base": {"data": {"path": str(tree), "num_workers": 0, "val_size": 40},
-                 "train": {"epochs": 1, "batch_size": 32, "device": "cpu",
-                           "out_dir": str(folder / "runs")}},
-        "space": {"train.lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
-                  "data.augment_strength": {"type": "float", "low": 0.0, "high": 2.0}},
-        "objective": {"metric": "val_acc", "direction": "maximize"},
-        "n_trials": 3,
-        "sampler": {"type": "random", "seed": 0},
-        "pruner": {"type": "none"},
-    }
-    spec.update(changes)
-    return spec
-
-
-def write(folder: Path, spec: dict) -> Path:
-    path = folder / "search.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def study_of(folder: Path, name: str = "tiny_search") -> optuna.Study:
-    return optuna.load_study(study_name=f"search.{name}",
-                             storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
-
-
-def trial_runs(folder: Path, name: str = "tiny_search"):
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-    df = mlflow.search_runs(experiment_names=[name])
-    return df[df["tags.cifarnet.role"] == "trial"], df
+from cifarnet.ablation.spec import SpecError
+from cifarnet.cli.main import main
+from cifarnet.search.spec import load_search_spec, parse_search_spec
 
 
 @pytest.mark.parametrize(("change", "key"), [
@@ -111,6 +73,7 @@ def test_shipped_search_specs_are_valid(path: Path) -> None:
     assert spec.base_config().data.val_size > 0
 
 
+@pytest.mark.slow
 def test_tiny_search_is_in_optuna_and_mlflow_and_resumes(tiny_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = write(tmp_path, search_spec(tiny_tree, tmp_path))
@@ -143,6 +106,7 @@ def test_tiny_search_is_in_optuna_and_mlflow_and_resumes(tiny_tree, tmp_path, mo
     assert "optuna-dashboard sqlite:///" in rep.output
 
 
+@pytest.mark.slow
 def test_pruner_stops_trials(tiny_tree, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     spec = search_spec(tiny_tree, tmp_path, n_trials=2,
@@ -170,6 +134,7 @@ def test_diverging_trials_fail_and_the_search_goes_on(tiny_tree, tmp_path, monke
     assert set(trials["status"]) == {"FAILED"} and set(trials["tags.optuna.state"]) == {"FAIL"}
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_two_workers_share_one_postgres_study(tiny_tree, tmp_path, pg_database) -> None:
     queue, tracking = pg_database("study"), pg_database("mlflow")
@@ -183,7 +148,7 @@ def test_two_workers_share_one_postgres_study(tiny_tree, tmp_path, pg_database) 
     study = optuna.load_study(study_name="search.tiny_search", storage=queue)
     # Each worker checks the count before starting a trial, so two may overshoot by one.
     assert 4 <= len(study.trials) <= 5
-    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}, outputs
     mlflow.set_tracking_uri(tracking)
     df = mlflow.search_runs(experiment_names=["tiny_search"])
     numbers = sorted(df[df["tags.cifarnet.role"] == "trial"]["tags.optuna.trial_number"]
@@ -192,6 +157,7 @@ def test_two_workers_share_one_postgres_study(tiny_tree, tmp_path, pg_database) 
     assert len(df[df["tags.cifarnet.role"] == "study"]) == 1
 
 
+@pytest.mark.slow
 def test_multi_objective_search_reports_a_pareto_front(tiny_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = search_spec(tiny_tree, tmp_path, n_trials=3, sampler={"type": "nsgaii", "seed": 0},
@@ -205,11 +171,78 @@ def test_multi_objective_search_reports_a_pareto_front(tiny_tree, tmp_path, monk
     assert r.exit_code == 0, r.output
     study = study_of(tmp_path)
     assert len(study.directions) == 2 and len(study.trials) == 3
-    from cifarnet.config import build_config
-    from cifarnet.model import CifarNet, count_params
+    from cifarnet.config.schema import build_config
+    from cifarnet.model.cifarnet import CifarNet, count_params
     for t in study.trials:
         assert t.values[1] == count_params(CifarNet(build_config(t.params).model))
     assert study.best_trials and "best trial" in r.output
     rep = CliRunner().invoke(main, ["search-report", "tiny_search", "--out", "rep"])
     assert rep.exit_code == 0, rep.output
     assert (tmp_path / "rep" / "pareto_front.png").stat().st_size > 0
+
+
+def test_a_trial_failed_by_another_worker_while_it_trained_is_an_outcome(tiny_tree, tmp_path):
+    """Another worker declares this worker's trial stale (its heartbeats were late) and fails
+    it while it still trains: the search goes on (Optuna's optimize would raise "Cannot tell
+    a FAIL trial"), the retry runs the same parameters, the superseded run says so."""
+    from cifarnet.queue.jobs import make_storage
+    from cifarnet.search.spec import load_search_spec
+    from cifarnet.search.study import run_search
+    from cifarnet.training.callbacks import Callback
+    from cifarnet.workspace import Workspace
+
+    spec = load_search_spec(write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=2)))
+    workspace = Workspace.resolve(tmp_path)
+
+    class OtherWorkerFailsIt(Callback):
+        def on_epoch_end(self, ctx, epoch, metrics) -> None:
+            other = optuna.load_study(study_name="search.tiny_search",
+                                      storage=make_storage(workspace.storage_url))
+            trial = other.trials[0]
+            other._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            other.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+    outcome = run_search(spec, workspace, final=False,
+                         callbacks=lambda n: [OtherWorkerFailsIt()] if n == 0 else [])
+    trials = study_of(tmp_path).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    assert outcome.trials["COMPLETE"] == 2
+    runs, _ = trial_runs(tmp_path)
+    by_number = runs.set_index(runs["tags.optuna.trial_number"].astype(int))
+    assert by_number.loc[0, "tags.optuna.state"] == "superseded"
+    assert by_number.loc[0, "tags.cifarnet.status"] == "stale"  # stopped at once, not trained on
+    assert by_number.loc[0, "status"] == "FAILED"
+    assert set(by_number.loc[[1, 2], "tags.optuna.state"]) == {"COMPLETE"}
+
+
+def test_a_resumed_search_does_not_repeat_its_first_points(tiny_tree, tmp_path, monkeypatch):
+    """`search --n-trials 1` twice gave two trials with the same parameters: each process
+    seeded its sampler with the spec's seed alone. The seed is now salted with the trials the
+    study already holds (and the local worker's index): distinct, and still reproducible."""
+    monkeypatch.chdir(tmp_path)
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=10))
+    for _ in range(2):
+        r = CliRunner().invoke(main, ["search", str(spec), "--n-trials", "1", "--no-final"])
+        assert r.exit_code == 0, r.output
+    first, second = study_of(tmp_path).trials
+    assert first.params != second.params
+
+
+def test_the_final_retraining_folds_the_validation_images_back_in(tiny_tree, tmp_path) -> None:
+    """With `train_subset` 100 and `val_size` 40 the trials train on 100 and validate on 40:
+    the held-out test's retraining, "on train + validation", trains on 140 (it trained on
+    100, the validation images left out)."""
+    from cifarnet.data.datasets import load_data
+    from cifarnet.search.spec import parse_search_spec
+    from cifarnet.search.study import final_data
+
+    raw = search_spec(tiny_tree, tmp_path)
+    raw["base"]["data"]["train_subset"] = 100
+    base = parse_search_spec(raw).base_config()
+    trial = load_data(base.data)
+    assert (len(trial.train), len(trial.val)) == (100, 40)
+    final = load_data(base.replace(final_data(base)).data)
+    assert final.val is None and len(final.train) == 140
+    whole = parse_search_spec(search_spec(tiny_tree, tmp_path)).base_config()
+    assert final_data(whole) == {"data.val_size": 0}  # no subset: every training image

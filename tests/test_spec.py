@@ -1,13 +1,17 @@
 """Ablation specs: each validation error names its key, exits 2 and writes nothing."""
 
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from cifarnet.cli import main
-from cifarnet.spec import SpecError, load_spec, parse_spec
+from cifarnet.ablation.spec import SpecError, load_spec, parse_spec
+from cifarnet.cli.main import main
+from cifarnet.config.schema import config_keys, is_result_key
+from cifarnet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "experiments" / "ablations").glob("*.yaml"))
@@ -150,3 +154,184 @@ def test_shipped_specs_are_valid(path: Path) -> None:
 def test_every_point_of_the_seed_analysis_has_a_spec() -> None:
     assert {p.stem for p in SHIPPED} >= {"dilation_add", "pointwise_after_stride",
                                          "regular_after_depthwise", "extra_adds"}
+
+
+# --- the spec means what it says; bad input refused at parse (issue 17, sections 2-3) ------
+
+def test_duplicate_factors_key_in_a_spec_file_is_an_error(tmp_path) -> None:
+    """Written twice, PyYAML keeps the last `factors:`: 6 runs instead of 12, silently."""
+    p = tmp_path / "dup.yaml"
+    p.write_text("name: t\nfactors:\n  model.dilation: [2, 1]\nseeds: [0, 1, 2]\n"
+                 "factors:\n  model.residual_add: [true, false]\n")
+    with pytest.raises(UserError, match=r"^factors: key written twice \(lines 2 and 5\)"):
+        load_spec(p)
+    p.write_text("name: t\nbase:\n  train:\n    epochs: 1\n    epochs: 2\n"
+                 "factors: {model.dilation: [2, 1]}\nseeds: [0]\n")
+    with pytest.raises(UserError, match=r"^base\.train\.epochs: key written twice"):
+        load_spec(p)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "x\n", "x\r", "-x", ".hidden", "a/b", "x" * 65,
+                                  "x" * 300, "", "a b", "ü"])
+def test_names_that_the_store_or_a_folder_would_misread_are_refused(name) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(with_change("name", name))
+    assert str(err.value).startswith("name: expected 1 to 64"), str(err.value)
+    assert len(str(err.value)) < 200
+
+
+def test_longest_name_is_accepted() -> None:
+    assert parse_spec(with_change("name", "a" * 64)).name == "a" * 64
+    assert parse_spec(with_change("name", "v1.2_x-y")).name == "v1.2_x-y"
+
+
+@pytest.mark.parametrize("key", sorted(k for k in config_keys() if not is_result_key(k)))
+def test_factor_over_a_key_that_cannot_change_a_result_is_refused(key) -> None:
+    values = {"train.out_dir": ["a", "b"], "data.num_workers": [0, 2],
+              "train.device": ["cpu", "auto"], "train.compile": [True, False],
+              "train.channels_last": [True, False], "data.cache_dir": ["/a", "/b"],
+              "data.path": ["/a", "/b"]}[key]
+    spec = with_change(f"factors/{key}", values)
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec)
+    assert str(err.value).startswith(f"factors.{key}: cannot change a result"), str(err.value)
+
+
+def test_factor_over_out_dir_in_particular() -> None:
+    """The issue's example: `train.out_dir: [a, b]` promised 2 runs per cell and ran 1."""
+    with pytest.raises(SpecError, match="^factors.train.out_dir: cannot change a result"):
+        parse_spec(with_change("factors/train.out_dir", ["a", "b"]))
+
+
+@pytest.mark.slow
+def test_grid_size_is_counted_before_anything_is_built() -> None:
+    spec = with_change("factors", {"train.lr": [0.001 * (i + 1) for i in range(100)],
+                                   "train.batch_size": list(range(1, 101)),
+                                   "model.width": [0.05 * (i + 1) for i in range(100)]})
+    spec["hypotheses"] = []
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec)
+    assert time.perf_counter() - start < 2.0
+    assert str(err.value) == ("factors: 1,000,000 cell(s) x 3 seed(s) = 3,000,000 runs, more "
+                              "than the limit of 10,000 runs per grid; split the grid into "
+                              "several specs")
+    spec["factors"] = {"train.batch_size": list(range(1, 101))}
+    spec["seeds"] = list(range(100))
+    assert len(parse_spec(spec).jobs()) == 10_000  # the limit itself is allowed
+    spec["seeds"] = list(range(101))
+    with pytest.raises(SpecError, match="^factors: 100 cell"):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize(("seeds", "key"), [([0, 2**63], "seeds[1]"), ([-1], "seeds[0]"),
+                                            ([10**30], "seeds[0]"), ([1.5], "seeds[0]"),
+                                            ([True], "seeds[0]")])
+def test_seeds_beyond_int64_are_refused(seeds, key) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(with_change("seeds", seeds))
+    assert str(err.value).startswith(f"{key}: expected an integer from 0 to 2**63 - 1")
+
+
+def test_largest_seed_is_accepted() -> None:
+    spec = parse_spec(with_change("seeds", [0, 2**63 - 1]))
+    assert {j.config.train.seed for j in spec.jobs()} == {0, 2**63 - 1}
+
+
+def test_val_metric_needs_a_validation_split() -> None:
+    spec = with_change("hypotheses/0/metric", "val_acc")
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec)
+    assert str(err.value).startswith("hypotheses[0].metric: val_acc needs a validation split")
+    spec["base"]["data"] = {"val_size": 40}
+    ok = parse_spec(spec)
+    assert ok.hypotheses[0].metric == "val_acc"
+    with pytest.raises(SpecError, match=r"^--set \(hypotheses\[0\]\.metric\): val_acc needs"):
+        ok.with_base({"data.val_size": 0})
+    # a factor over val_size: the arm at 0 has no validation metric
+    spec = with_change("hypotheses/0/metric", "val_loss")
+    spec["factors"] = {"data.val_size": [0, 40], "model.dilation": [2, 1]}
+    spec["hypotheses"][0]["a"] = {"data.val_size": 40, "model.dilation": 2}
+    spec["hypotheses"][0]["b"] = {"data.val_size": 0, "model.dilation": 2}
+    with pytest.raises(SpecError, match=r"^hypotheses\[0\]\.metric: val_loss needs .* "
+                                        r"cell val_size=0,dilation=2"):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize(("path", "value", "key"), [
+    ("hypotheses/0/claim", "two\nlines", "hypotheses[0].claim"),
+    ("hypotheses/0/claim", "x" * 501, "hypotheses[0].claim"),
+    ("hypotheses/0/id", "H 1", "hypotheses[0].id"),
+    ("hypotheses/0/id", "[/]", "hypotheses[0].id"),
+    ("hypotheses/0/id", "x" * 65, "hypotheses[0].id"),
+    ("hypotheses/0/metric", ["test_acc"], "hypotheses[0].metric"),
+    ("description", "d" * 5001, "description"),
+    ("description", 3, "description"),
+])
+def test_user_text_fields_are_bounded(path, value, key) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(with_change(path, value))
+    assert str(err.value).startswith(key) and len(str(err.value)) < 300, str(err.value)
+
+
+def test_folded_claim_and_markup_in_a_claim_are_kept() -> None:
+    spec = parse_spec(with_change("hypotheses/0/claim", "a [/] b [red]c\n"))
+    assert spec.hypotheses[0].claim == "a [/] b [red]c"
+
+
+def test_messages_quote_bounded_values() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(with_change("seeds", [0, 0] + list(range(1, 5000))))
+    assert len(str(err.value)) < 200
+    with pytest.raises(SpecError) as err:
+        parse_spec(with_change("factors/model.width", [1.0] * 5000))
+    assert len(str(err.value)) < 200
+
+
+def test_verdict_table_renders_markup_in_user_text_as_written() -> None:
+    """A claim with `[/]` crashed the terminal table at the end of a grid."""
+    from rich.console import Console
+
+    from cifarnet.analysis.report import verdict_table
+    from cifarnet.analysis.verdicts import analyze
+
+    raw = with_change("hypotheses/0/claim", "add [/] helps [bold]a lot")
+    spec = parse_spec(raw)
+    a, b = "dilation=2,residual_add=true", "dilation=2,residual_add=false"
+    runs = pd.DataFrame([{"cell": c, "seed": s, "status": "FINISHED", "metrics.test_acc": v}
+                         for c, vs in ((a, (0.85, 0.86, 0.851)), (b, (0.80, 0.805, 0.80)))
+                         for s, v in enumerate(vs)])
+    console = Console(record=True, width=200)
+    console.print(verdict_table(analyze(spec, runs)))
+    text = console.export_text()
+    assert "add [/] helps [bold]a lot" in text and "supported" in text
+
+
+def test_progress_lines_with_markup_do_not_crash() -> None:
+    from rich.console import Console
+
+    from cifarnet.cli.progress import GridProgress
+
+    console = Console(record=True, width=200)
+    display = GridProgress(console)
+    display.message("[red]x crashed[/]: OSError: data [/] gone")
+    display.close()
+    assert "data [/] gone" in console.export_text()
+
+
+def test_bare_names_find_the_shipped_specs(monkeypatch) -> None:
+    """`run dilation_add` works like `report dilation_add` (issue 13)."""
+    from cifarnet.search.spec import load_search_spec
+
+    monkeypatch.chdir(REPO)
+    assert load_spec("dilation_add").name == "dilation_add"
+    assert load_spec("dilation_add.yaml").name == "dilation_add"
+    assert load_spec("experiments/ablations/extra_adds.yaml").name == "extra_adds"
+    assert load_search_spec("lr_aug").name == "lr_aug"
+    assert load_search_spec("searches/lr_aug.yaml").name == "lr_aug"
+    with pytest.raises(SpecError) as err:
+        load_spec("dilation_ad")
+    msg = str(err.value)
+    assert msg.startswith("dilation_ad: no such spec file") and "dilation_add" in msg
+    with pytest.raises(SpecError, match="^lr_aug: no such spec file"):
+        load_spec("lr_aug")  # a search is not an ablation

@@ -1,10 +1,25 @@
 """Statistics against hand-computed cases, verdict rules at their boundaries, factorial effects."""
 
+import itertools
 import math
 
+import numpy as np
 import pytest
 
-from cifarnet.stats import (compare, decide, factorial_effects, seeds_to_decide, t_interval)
+from cifarnet.analysis.stats import (
+    NO_INTERVAL,
+    Outcome,
+    bootstrap_interval,
+    compare,
+    decide,
+    factorial_effects,
+    has_spread,
+    pairing_gain,
+    seeds_to_decide,
+    t_interval,
+    verdict_p_values,
+    wilcoxon_p,
+)
 
 
 def test_known_t_interval_and_p_value() -> None:
@@ -112,3 +127,184 @@ def test_factorial_effects_recover_a_known_interaction() -> None:
 def test_factorial_effects_need_two_levels() -> None:
     with pytest.raises(ValueError):
         factorial_effects({}, {"model.dilation": [1, 2, 3]})
+
+
+# --- No spread, no verdict (issue 17, section 5): every member of the kind -------------------
+
+def test_identical_differences_are_not_supported() -> None:
+    # 0.804 - 0.8 and 0.704 - 0.7 are both 0.004 (40 of 10,000 images) but differ in the last
+    # float bits: no spread over seeds, so no interval, no p, no verdict beyond inconclusive.
+    c = compare({0: 0.804, 1: 0.704}, {0: 0.8, 1: 0.7}, "a > b", 0.002)
+    assert c.n == 2 and c.mean == pytest.approx(0.004)
+    assert c.verdict == Outcome.INCONCLUSIVE
+    assert c.ci == NO_INTERVAL and math.isnan(c.p_t) and math.isnan(c.se)
+    assert c.sd == 0.0 and c.effect_dz is None and c.seeds_needed is None
+    assert "no spread" in c.note
+    for expect in ("a < b", "a == b"):
+        assert compare({0: 0.804, 1: 0.704}, {0: 0.8, 1: 0.7}, expect, 0.01).verdict == (
+            "inconclusive")
+
+
+def test_varying_differences_keep_the_t_interval() -> None:
+    # d = 0.004, 0.006: mean 0.005, sd 0.0014142, t(0.975, 1) = 12.7062, half = 0.0127062;
+    # t = 5 with df 1: p = 1 - 2 atan(5) / pi = 0.125666
+    c = compare({0: 0.804, 1: 0.706}, {0: 0.8, 1: 0.7}, "a > b", 0.002)
+    assert c.ci[0] == pytest.approx(0.005 - 0.0127062, abs=1e-6)
+    assert c.ci[1] == pytest.approx(0.005 + 0.0127062, abs=1e-6)
+    assert c.p_t == pytest.approx(1 - 2 * math.atan(5) / math.pi, abs=1e-9)
+    assert c.verdict == "inconclusive" and c.seeds_needed is not None
+
+
+def test_one_and_zero_seeds_have_no_interval() -> None:
+    one = compare({0: 0.9}, {0: 0.8}, "a > b", 0.002)
+    assert one.ci == NO_INTERVAL and math.isnan(one.p_t) and math.isnan(one.sd)
+    assert one.effect_dz is None and one.seeds_needed is None and one.mean == pytest.approx(0.1)
+    none = compare({}, {}, "a == b", 0.01)
+    assert none.n == 0 and math.isnan(none.mean) and none.ci == NO_INTERVAL
+
+
+def test_t_interval_and_bootstrap_without_spread() -> None:
+    assert t_interval([0.004, 0.004]) == NO_INTERVAL
+    assert t_interval([0.004]) == NO_INTERVAL and t_interval([]) == NO_INTERVAL
+    assert t_interval([0.004, math.nan, 0.005]) == NO_INTERVAL
+    assert bootstrap_interval([0.004] * 5) is None
+    assert bootstrap_interval([0.001, 0.002, 0.003, 0.004, 0.005]) is not None
+    assert not has_spread([0.804 - 0.8, 0.704 - 0.7]) and has_spread([0.004, 0.0041])
+
+
+def test_no_spread_with_many_seeds_is_still_inconclusive() -> None:
+    a = {s: 0.8 + 0.004 for s in range(6)}
+    b = {s: 0.8 for s in range(6)}
+    c = compare(a, b, "a > b", 0.0)
+    assert c.verdict == "inconclusive" and c.ci_bootstrap is None and math.isnan(c.p_t)
+    # Wilcoxon's exact sign-flip distribution is still defined: 6 of 6 positive, p = 2 / 64
+    assert c.p_wilcoxon == pytest.approx(2 / 64)
+
+
+def test_wilcoxon_edge_values() -> None:
+    assert wilcoxon_p([0.0] * 6) == 1.0  # no non-zero difference: no evidence at all
+    # ties: |d| ranks 1, 2.5, 2.5, 4, 5, 6 with the 6 negative; exact two-sided p by
+    # enumerating the 64 sign patterns: P(T+ <= 6) + P(T+ >= 15)
+    ranks = [1, 2.5, 2.5, 4, 5, 6]
+    totals = [sum(r for r, s in zip(ranks, signs) if s)
+              for signs in itertools.product([0, 1], repeat=6)]
+    expected = sum(t <= 6 or t >= 15 for t in totals) / 64
+    assert expected == pytest.approx(26 / 64)
+    assert wilcoxon_p([0.001, 0.002, 0.002, 0.004, 0.005, -0.006]) == pytest.approx(expected)
+
+
+def test_nan_metric_leaves_its_seed_out_and_keeps_the_pairing() -> None:
+    a = {0: 0.80, 1: math.nan, 2: 0.82, 3: 0.81}
+    b = {0: 0.79, 1: 0.78, 2: 0.80, 3: 0.80}
+    c = compare(a, b, "a > b", 0.0)
+    assert c.paired and c.n == 3
+    assert c.mean == pytest.approx((0.01 + 0.02 + 0.01) / 3)
+    assert "seed(s) 1" in c.note and "non-finite" in c.note
+    # a missing run (seed 3 only on one side) keeps the other seeds paired
+    c2 = compare({0: 0.80, 1: 0.81, 2: 0.82, 3: 0.9}, {0: 0.79, 1: 0.8, 2: 0.80}, "a > b", 0.0)
+    assert c2.paired and c2.n == 3 and "seed(s) 3" in c2.note
+
+
+def test_welch_without_spread_is_inconclusive() -> None:
+    c = compare({0: 0.9, 1: 0.9}, {2: 0.8, 3: 0.8}, "a > b", 0.002)
+    assert not c.paired and c.verdict == "inconclusive" and c.ci == NO_INTERVAL
+    assert math.isnan(c.p_t) and "no spread" in c.note
+
+
+def test_seeds_needed_without_spread_is_none() -> None:
+    assert seeds_to_decide("a > b", 0.004, 0.0, 0.002, 2) is None
+    assert seeds_to_decide("a > b", 0.004, math.nan, 0.002, 1) is None
+    assert seeds_to_decide("a > b", math.nan, 0.01, 0.002, 2) is None
+
+
+def test_decide_with_nan_is_inconclusive_and_unknown_expectation_raises() -> None:
+    assert decide("a > b", math.nan, (0.1, 0.2), 0.0) == "inconclusive"
+    assert decide("a == b", 0.0, (math.nan, 0.001), 0.01) == "inconclusive"
+    with pytest.raises(ValueError):
+        decide("a >= b", 0.1, (0.05, 0.2), 0.0)
+
+
+def test_effects_without_spread_have_no_interval() -> None:
+    factors = {"model.dilation": [2, 1], "model.residual_add": [True, False]}
+    values = {}
+    for a_level, a in ((2, 1), (1, -1)):
+        for b_level, b in ((True, 1), (False, -1)):
+            cell = (("model.dilation", a_level), ("model.residual_add", b_level))
+            values[cell] = {s: 0.80 + 0.01 * a + 0.001 * s for s in range(3)}
+    effects = {e.name: e for e in factorial_effects(values, factors)}
+    dil = effects["model.dilation"]
+    assert dil.mean == pytest.approx(0.02) and dil.ci == NO_INTERVAL and math.isnan(dil.p_t)
+
+
+# --- the verdict's own p-value ------------------------------------------------------------
+
+def test_verdict_p_values_match_the_interval_rule() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n = int(rng.integers(2, 8))
+        d = rng.normal(rng.normal(0, 0.004), 0.003, n)
+        rope = float(rng.choice([0.0, 0.002, 0.005]))
+        for expect in ("a > b", "a < b", "a == b"):
+            mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+            verdict = decide(expect, mean, t_interval(d), rope)
+            support, refute = verdict_p_values(expect, mean, se, n - 1, rope)
+            lo, hi = t_interval(d)
+            if expect == "a > b":
+                assert (support < 0.05) == (lo > 0)
+                assert (refute < 0.05) == (verdict == "refuted")
+            elif expect == "a < b":
+                assert (support < 0.05) == (hi < 0)
+                assert (refute < 0.05) == (verdict == "refuted")
+            else:
+                assert (support < 0.05) == (verdict == "supported")
+                assert (refute < 0.05) == (verdict == "refuted")
+
+
+def test_verdict_p_value_hand_checked() -> None:
+    # d = 0.02, 0.03, 0.04: t = 0.03 / (0.01 / sqrt 3) = 3 sqrt 3, df 2, where
+    # P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2, so p = 1 - sqrt(27 / 29) = 0.0350989
+    support, refute = verdict_p_values("a > b", 0.03, 0.01 / math.sqrt(3), 2, 0.0)
+    assert support == pytest.approx(1 - math.sqrt(27 / 29), abs=1e-9)
+    assert refute == pytest.approx(1.0)  # H0 d >= 0 against a positive mean: min(1, 2 x ...)
+
+
+# --- the pairing's gain (issue 14, section 4) ----------------------------------------------
+
+def test_pairing_gain_hand_checked() -> None:
+    # a = .80 .82 .84, b = .79 .80 .83: var(a) = 4e-4, var(b) = 4.3333e-4, d = .01 .02 .01,
+    # var(d) = 3.3333e-5; efficiency = 8.3333e-4 / 3.3333e-5 = 25, saved 3 x 24 = 72 seeds;
+    # cov = (var(a) + var(b) - var(d)) / 2 = 4e-4, corr = 4e-4 / sqrt(4e-4 x 4.3333e-4)
+    g = pairing_gain([0.80, 0.82, 0.84], [0.79, 0.80, 0.83])
+    assert g.var_paired == pytest.approx(1 / 30_000, rel=1e-9)
+    assert g.var_unpaired == pytest.approx(0.0004 + 0.0013 / 3, rel=1e-9)
+    assert g.efficiency == pytest.approx(25.0, rel=1e-9)
+    assert g.seeds_saved == pytest.approx(72.0, rel=1e-9)
+    assert g.corr == pytest.approx(4e-4 / math.sqrt(4e-4 * 0.0013 / 3), rel=1e-9)
+
+
+def test_pairing_can_cost_seeds() -> None:
+    # perfectly anti-correlated arms: var(d) = 0.0016 = 2 x (var(a) + var(b))
+    g = pairing_gain([0.80, 0.82, 0.84], [0.84, 0.82, 0.80])
+    assert g.corr == pytest.approx(-1.0) and g.efficiency == pytest.approx(0.5)
+    assert g.seeds_saved == pytest.approx(-1.5)
+
+
+def test_pairing_gain_not_estimable() -> None:
+    two = pairing_gain([0.80, 0.82], [0.79, 0.80])
+    assert math.isnan(two.corr) and math.isnan(two.seeds_saved)  # 2 points: corr is +-1
+    flat = pairing_gain([0.804, 0.704, 0.904], [0.8, 0.7, 0.9])  # equal differences
+    assert math.isnan(flat.efficiency) and math.isnan(flat.seeds_saved)
+    assert flat.corr == pytest.approx(1.0)
+    c = compare({0: 0.80, 1: 0.82, 2: 0.84}, {0: 0.79, 1: 0.80, 2: 0.83}, "a > b", 0.0)
+    assert c.pairing is not None and c.pairing.efficiency == pytest.approx(25.0)
+
+
+def test_pure_statistics_import_neither_torch_nor_mlflow() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, cifarnet.analysis.stats, cifarnet.analysis.sequential, "
+            "cifarnet.analysis.chance, cifarnet.analysis.multiple; "
+            "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -2,9 +2,9 @@
 
 import pytest
 
-from cifarnet.config import ModelConfig, build_config
-from cifarnet.presets import list_presets, preset_model
-from cifarnet.summary import format_table, summarize
+from cifarnet.config.presets import list_presets, preset_model
+from cifarnet.config.schema import ModelConfig, build_config
+from cifarnet.model.summary import format_table, summarize
 
 
 def test_seed_receptive_field_and_totals() -> None:

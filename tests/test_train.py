@@ -5,13 +5,12 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import SHARED_CACHE, shared_tree_or_skip, tiny_config
 
-from cifarnet.callbacks import Callback, StopTraining
-from cifarnet.cli import main
-from cifarnet.data import load_data
-from cifarnet.train import CHECKPOINT, METRICS, train
-
-from conftest import shared_tree_or_skip, tiny_config, SHARED_CACHE
+from cifarnet.cli.main import main
+from cifarnet.data.datasets import load_data
+from cifarnet.training.callbacks import Callback, StopTraining
+from cifarnet.training.loop import CHECKPOINT, METRICS, train
 
 
 class Recorder(Callback):

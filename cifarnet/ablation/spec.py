@@ -1,0 +1,357 @@
+"""Ablation specs: YAML files that expand into runs over a factorial grid of flags x seeds.
+
+Everything is validated before anything runs; each error names its key (`factors.model.x`,
+`hypotheses[0].a`) so the CLI can print one line and exit 2 with nothing written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cifarnet.analysis.stats import Expect
+from cifarnet.config.schema import (
+    MAX_SEED,
+    RunConfig,
+    build_config,
+    coerce_value,
+    flatten_mapping,
+    is_result_key,
+)
+from cifarnet.config.yamlio import read_yaml_mapping
+from cifarnet.errors import ConfigError, UserError, clip, shown
+
+# A spec name becomes an MLflow experiment name (at most 500 characters), part of an Optuna
+# study name (512), a run name (250) and a folder name (255 bytes): 64 characters, starting
+# with a letter or digit (so never `.`, `..` or an option-like `-x`), fits all of them.
+MAX_NAME = 64
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (MAX_NAME - 1))
+MAX_DESCRIPTION = 5000  # an MLflow tag value (the parent run's note); 5,000 fits every version
+MAX_RUNS = 10_000  # cells x seeds of one grid; counted before anything is built
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_CLAIM = 500
+SPEC_KEYS = {"name", "description", "base", "factors", "seeds", "hypotheses"}
+HYPOTHESIS_KEYS = {"id", "claim", "metric", "a", "b", "expect", "rope"}
+EXPECTATIONS = {str(e) for e in Expect}
+METRICS = {"test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss"}
+VAL_METRICS = {"val_acc", "val_loss"}
+SPECS_ROOT = Path("experiments")  # a project's own specs, under the working folder
+# the specs shipped with cifarnet-exp (beside the package in a checkout or editable install)
+SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "experiments"
+
+
+class SpecError(UserError):
+    """An invalid ablation spec; the message starts with the offending key."""
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    id: str
+    claim: str
+    metric: str
+    a: dict[str, Any]
+    b: dict[str, Any]
+    expect: Expect
+    rope: float
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the factorial grid: factor key -> level."""
+
+    levels: dict[str, Any]
+    label: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: a cell at a seed, with its full config and identity."""
+
+    cell: Cell
+    seed: int
+    config: RunConfig
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    name: str
+    description: str
+    base: dict[str, Any]
+    factors: dict[str, list[Any]]
+    seeds: list[int]
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+    path: str = ""
+
+    def cells(self) -> list[Cell]:
+        keys = list(self.factors)
+        return [Cell(dict(zip(keys, values)), cell_label(dict(zip(keys, values))))
+                for values in itertools.product(*self.factors.values())]
+
+    def base_config(self) -> RunConfig:
+        return build_config(self.base)
+
+    def jobs(self, seeds: list[int] | None = None) -> list[Job]:
+        """Every (cell, seed) run, cells outermost so one seed's variants run close in time."""
+        base = self.base_config()
+        out = []
+        for seed in seeds if seeds is not None else self.seeds:
+            for cell in self.cells():
+                cfg = base.replace({**cell.levels, "train.seed": seed})
+                out.append(Job(cell, seed, cfg, cfg.hash()))
+        return out
+
+    def with_base(self, overrides: Mapping[str, Any]) -> "AblationSpec":
+        """A copy with `--set` overrides merged into the base (validated)."""
+        merged = {**self.base, **flatten_mapping(overrides)}
+        _check_config(merged, "--set ")
+        for key in flatten_mapping(overrides):
+            if key in self.factors:
+                raise SpecError(f"--set {key}: is a factor of the spec; it cannot be fixed")
+        spec = AblationSpec(self.name, self.description, merged, self.factors, self.seeds,
+                            [], self.path)
+        for i, h in enumerate(self.hypotheses):  # e.g. --set data.val_size=0 under val_acc
+            _check_metric_available(h.metric, h.a, h.b, spec, f"--set (hypotheses[{i}].metric)")
+        return AblationSpec(self.name, self.description, merged, self.factors, self.seeds,
+                            self.hypotheses, self.path)
+
+    def cell_of(self, side: Mapping[str, Any]) -> Cell:
+        return next(c for c in self.cells() if c.levels == dict(side))
+
+
+def format_level(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def cell_label(levels: Mapping[str, Any]) -> str:
+    """`dilation=2,residual_add=false`: short names unless two factors share one."""
+    short = [k.split(".", 1)[1] for k in levels]
+    names = short if len(set(short)) == len(short) else list(levels)
+    return ",".join(f"{n}={format_level(v)}" for n, v in zip(names, levels.values())) or "base"
+
+
+def resolve_spec_path(path: str | Path, kind: str = "ablations") -> Path:
+    """The spec file for `path`: the path as given, else under the working folder's
+    experiments/, else a bare name, experiments/<kind>/<name>.yaml (`kind` is "ablations" or
+    "searches"), there or among the specs shipped with cifarnet-exp (`SHIPPED_ROOT`, from
+    any working folder), so `run dilation_add` and `search lr_aug` work like `report
+    dilation_add`. Raises SpecError listing where it looked and the names it knows."""
+    p = Path(path)
+    named = p.with_suffix(".yaml") if p.suffix != ".yaml" else p
+    tried = [p, SPECS_ROOT / p, SPECS_ROOT / kind / p, SPECS_ROOT / kind / named]
+    for candidate in [*tried, *(root / q for root in (SHIPPED_ROOT, SHIPPED_ROOT / kind)
+                                for q in (p, named))]:
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:  # a name longer than the file system allows: no such file
+            continue
+    shipped = sorted({f.stem for root in (SPECS_ROOT, SHIPPED_ROOT)
+                      for f in (root / kind).glob("*.yaml")})
+    hint = f"; shipped {kind}: {', '.join(shipped)}" if shipped else ""
+    raise SpecError(f"{clip(str(path))}: no such spec file (also looked for "
+                    f"{clip(str(tried[-1]))}){hint}")
+
+
+def load_spec(path: str | Path) -> AblationSpec:
+    """Read and validate an ablation spec from a path or a shipped spec's name.
+
+    `path`: a YAML file, or a name looked up as `experiments/ablations/NAME.yaml`. Every
+    field is validated where it is parsed (names, factors over hashed keys, seeds in
+    0..2**63-1, at most 10,000 runs, hypotheses whose cells exist and whose metric the runs
+    will log). Raises SpecError (a UserError) naming the spec key, with the line for a key
+    written twice."""
+    p = resolve_spec_path(path, "ablations")
+    return parse_spec(read_yaml_mapping(p), str(p))
+
+
+def _check_config(overrides: Mapping[str, Any], where: str) -> RunConfig:
+    try:
+        return build_config(overrides, where=where)
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def parse_header(raw: Mapping[str, Any], keys: set[str]) -> tuple[str, str, dict[str, Any]]:
+    """The part every spec shares: known keys only, a valid name, a description, and a base
+    of run-config overrides (returned as dotted keys, not yet checked as a config)."""
+    unknown = sorted(set(raw) - keys)
+    if unknown:
+        raise SpecError(f"{unknown[0]}: unknown spec key (expected {', '.join(sorted(keys))})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise SpecError(f"name: expected 1 to {MAX_NAME} letters, digits, '_', '.', '-', "
+                        f"starting with a letter or digit, got {shown(name)}")
+    description = raw.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        raise SpecError("description: expected a string")
+    if len(description) > MAX_DESCRIPTION:
+        raise SpecError(f"description: at most {MAX_DESCRIPTION:,} characters (it is stored as "
+                        f"an MLflow tag), got {len(description):,}")
+    base_raw = raw.get("base") or {}
+    if not isinstance(base_raw, Mapping):
+        raise SpecError("base: expected a mapping of config keys")
+    try:
+        return name, description, flatten_mapping(base_raw)
+    except ConfigError as exc:
+        raise SpecError(f"base.{exc}") from None
+
+
+def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
+    """Validate a spec mapping completely; raise SpecError naming the first bad key."""
+    name, description, base = parse_header(raw, SPEC_KEYS)
+    _check_config(base, "base.")
+
+    factors = _parse_factors(raw.get("factors"))
+    for key in factors:
+        if key in base:
+            raise SpecError(f"base.{key}: is also a factor; set it in one place only")
+    seeds = _parse_seeds(raw.get("seeds"))
+    cells = math.prod(len(levels) for levels in factors.values())
+    if cells * len(seeds) > MAX_RUNS:
+        raise SpecError(f"factors: {cells:,} cell(s) x {len(seeds):,} seed(s) = "
+                        f"{cells * len(seeds):,} runs, more than the limit of {MAX_RUNS:,} "
+                        "runs per grid; split the grid into several specs")
+    spec = AblationSpec(name, description, base, factors, seeds, [], path)
+    hypotheses = _parse_hypotheses(raw.get("hypotheses") or [], spec)
+    return AblationSpec(name, description, base, factors, seeds, hypotheses, path)
+
+
+def _parse_factors(raw: Any) -> dict[str, list[Any]]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpecError("factors: expected a non-empty mapping of config key -> list of levels")
+    factors: dict[str, list[Any]] = {}
+    for key, levels in raw.items():
+        if not isinstance(key, str):
+            raise SpecError(f"factors.{shown(key)}: keys must be strings")
+        where = f"factors.{clip(key)}"
+        if key == "train.seed":
+            raise SpecError(f"{where}: seeds are given by the top-level `seeds` list")
+        if not isinstance(levels, list) or not levels:
+            raise SpecError(f"{where}: expected a non-empty list of levels")
+        if len(levels) > MAX_RUNS:
+            raise SpecError(f"{where}: {len(levels):,} levels, more than the limit of "
+                            f"{MAX_RUNS:,} runs per grid")
+        try:
+            values = [coerce_value(key, v, "factors.") for v in levels]
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+        if not is_result_key(key):
+            raise SpecError(f"{where}: cannot change a result (it is left out of a run's "
+                            "identity, so every level would be one run); set it in base")
+        if len({repr(v) for v in values}) != len(values):
+            raise SpecError(f"{where}: duplicate levels {shown(levels)}")
+        factors[key] = values
+    return factors
+
+
+def _parse_seeds(raw: Any) -> list[int]:
+    if not isinstance(raw, list) or not raw:
+        raise SpecError("seeds: expected a non-empty list of integers, e.g. [0, 1, 2]")
+    if len(raw) > MAX_RUNS:
+        raise SpecError(f"seeds: {len(raw):,} seeds, more than the limit of {MAX_RUNS:,} runs "
+                        "per grid")
+    for i, s in enumerate(raw):
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise SpecError(f"seeds[{i}]: expected an integer from 0 to 2**63 - 1, "
+                            f"got {shown(s)}")
+    if len(set(raw)) != len(raw):
+        raise SpecError(f"seeds: duplicate seeds in {shown(raw)}")
+    return list(raw)
+
+
+def _parse_hypotheses(raw: Any, spec: AblationSpec) -> list[Hypothesis]:
+    if not isinstance(raw, list):
+        raise SpecError("hypotheses: expected a list")
+    out: list[Hypothesis] = []
+    for i, h in enumerate(raw):
+        where = f"hypotheses[{i}]"
+        if not isinstance(h, Mapping):
+            raise SpecError(f"{where}: expected a mapping")
+        unknown = sorted(set(h) - HYPOTHESIS_KEYS)
+        if unknown:
+            raise SpecError(f"{where}.{unknown[0]}: unknown key (expected "
+                            f"{', '.join(sorted(HYPOTHESIS_KEYS))})")
+        hid = h.get("id")
+        if not isinstance(hid, str) or not ID_RE.fullmatch(hid):
+            raise SpecError(f"{where}.id: expected 1 to 64 letters, digits, '_', '.', '-', "
+                            f"starting with a letter or digit, got {shown(hid)}")
+        if any(o.id == hid for o in out):
+            raise SpecError(f"{where}.id: duplicate hypothesis id {shown(hid)}")
+        metric = h.get("metric", "test_acc")
+        if not isinstance(metric, str) or metric not in METRICS:
+            raise SpecError(f"{where}.metric: expected one of {', '.join(sorted(METRICS))}, "
+                            f"got {shown(metric)}")
+        expect = " ".join(str(h.get("expect", ""))[:100].split())
+        if expect not in EXPECTATIONS:
+            raise SpecError(f"{where}.expect: expected one of 'a > b', 'a < b', 'a == b', "
+                            f"got {shown(h.get('expect'))}")
+        rope = h.get("rope", 0.0)
+        if isinstance(rope, bool) or not isinstance(rope, (int, float)) or not math.isfinite(
+                rope) or rope < 0:
+            raise SpecError(f"{where}.rope: expected a finite number >= 0, got {shown(rope)}")
+        if expect == "a == b" and rope == 0:
+            raise SpecError(f"{where}.rope: 'a == b' needs a rope > 0 (the region of "
+                            "practical equivalence)")
+        claim = h.get("claim", "")
+        if not isinstance(claim, str):
+            raise SpecError(f"{where}.claim: expected a string")
+        claim = claim.strip()  # a folded `>` scalar ends in a line break
+        if len(claim) > MAX_CLAIM or any(ord(c) < 32 or ord(c) == 127 for c in claim):
+            raise SpecError(f"{where}.claim: expected one line of at most {MAX_CLAIM} "
+                            f"characters, got {shown(claim)}")
+        a = _parse_side(h.get("a"), f"{where}.a", spec)
+        b = _parse_side(h.get("b"), f"{where}.b", spec)
+        if a == b:
+            raise SpecError(f"{where}.b: is the same cell as {where}.a")
+        _check_metric_available(metric, a, b, spec, f"{where}.metric")
+        out.append(Hypothesis(hid, claim, metric, a, b, Expect(expect), float(rope)))
+    return out
+
+
+def _check_metric_available(metric: str, a: Mapping[str, Any], b: Mapping[str, Any],
+                            spec: AblationSpec, where: str) -> None:
+    """A validation metric needs a validation split in both arms (data.val_size > 0);
+    otherwise no run would ever have the metric and the verdict would stay n = 0 forever."""
+    if metric not in VAL_METRICS:
+        return
+    for side in (a, b):
+        cfg = build_config({**spec.base, **side})
+        if cfg.data.val_size <= 0:
+            raise SpecError(f"{where}: {metric} needs a validation split, but data.val_size is "
+                            f"0 in cell {cell_label(side)}; set data.val_size > 0 in base, or "
+                            "use a test_* or train_* metric")
+
+
+def _parse_side(raw: Any, where: str, spec: AblationSpec) -> dict[str, Any]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpecError(f"{where}: expected a mapping of factor -> level, e.g. "
+                        f"{{{next(iter(spec.factors))}: ...}}")
+    side: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise SpecError(f"{where}.{shown(key)}: keys must be strings")
+        try:
+            side[key] = coerce_value(key, value, f"{where}.")
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+        if key not in spec.factors:
+            raise SpecError(f"{where}: {key} is not a factor of the grid "
+                            f"(factors: {', '.join(spec.factors)})")
+        if side[key] not in spec.factors[key]:
+            raise SpecError(f"{where}: {key}={clip(format_level(value))} is not a level of the "
+                            "grid "
+                            f"({', '.join(map(format_level, spec.factors[key]))})")
+    missing = [k for k in spec.factors if k not in side]
+    if missing:
+        raise SpecError(f"{where}: not a cell of the grid; give a level for "
+                        f"{', '.join(missing)} too")
+    return {k: side[k] for k in spec.factors}

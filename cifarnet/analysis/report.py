@@ -1,0 +1,307 @@
+"""Reports: tables (Markdown, CSV), plots (PNG) and one self-contained HTML page.
+
+The page embeds its images, so it opens in a browser without a server. Every file is also
+logged as an artifact of the grid's parent run, under `report/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from cifarnet.analysis.chance import ALPHA as CHANCE_ALPHA
+from cifarnet.analysis.plots import plot_class_deltas, plot_curves, plot_differences
+from cifarnet.analysis.provenance import GridSource
+from cifarnet.analysis.verdicts import (
+    Analysis,
+    analyze,
+    effects_table,
+    hypotheses_table,
+)
+from cifarnet.tracking.results import ParentRun, find_parent_run, load_runs
+from cifarnet.tracking.tags import TAG_GRID
+from cifarnet.workspace import Workspace
+
+FORMATS = ("md", "html", "csv")
+VERDICT_STYLE = {"supported": "green", "refuted": "red", "inconclusive": "yellow",
+                 "no verdict": "magenta"}
+
+
+def analyze_grid(spec_or_experiment: str | ParentRun, workspace: Workspace | None = None,
+                 with_history: bool = True) -> Analysis:
+    """The analysis of a grid's latest runs, read back from the workspace's store."""
+    grid = spec_or_experiment if isinstance(spec_or_experiment, ParentRun) else (
+        find_parent_run(spec_or_experiment, workspace))
+    return analyze(grid.spec, load_runs(grid, with_history=with_history), grid_source(grid))
+
+
+def grid_source(grid: ParentRun) -> GridSource:
+    """The grid's identity for the report header (the parent run's `cifarnet.grid` tag)."""
+    from cifarnet.tracking.client import mlflow_client
+
+    tags = mlflow_client(grid.workspace.tracking_uri).get_run(grid.parent_run_id).data.tags
+    return GridSource(grid.experiment, tags.get(TAG_GRID, ""), grid.parent_run_id)
+
+
+def _fmt(v: object, digits: int = 2) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _p(v: float) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
+    return f"{v:.3g}" if v >= 1e-3 else f"{v:.1e}"
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{_fmt(mean * 100)} ± {_fmt(sd * 100)}" if not math.isnan(sd) else (
+        f"{_fmt(mean * 100)} (one run)")
+
+
+def variants_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["cell", "params", "MACs", "RF", "final acc %", "best acc %", "epochs to 85%",
+            "finished", "failed", "did not learn"]
+    rows = []
+    for r in a.variants.to_dict("records"):
+        rows.append([r["cell"], _fmt(r["params"], 0), _fmt(r["MACs"], 0), _fmt(r["RF"], 0),
+                     _mean_sd(r["final_acc_mean"], r["final_acc_std"]),
+                     _mean_sd(r["best_acc_mean"], r["best_acc_std"]),
+                     (f"{_fmt(r['epochs_to_85'], 1)} ({r['reached_85']} run(s))"
+                      if r["reached_85"] else "not reached"),
+                     str(r["finished"]), str(r["failed"]),
+                     (f"{r['did_not_learn']} of {r['checked_vs_chance']}"
+                      if r["checked_vs_chance"] else "not checked")])
+    return head, rows
+
+
+def _verdict_text(r: dict) -> str:
+    """The verdict with its reasons: seeds that would decide, why there is none, the arms whose
+    runs did not learn, Welch."""
+    verdict = r["verdict"]
+    if verdict == "inconclusive" and not math.isnan(r["seeds_needed"]):
+        verdict += f" (~{int(r['seeds_needed'])} seeds would decide)"
+    if r["why_no_verdict"]:
+        verdict += f" ({r['why_no_verdict']})"
+    else:
+        stuck = [f"{side}: {r[f'{side}_did_not_learn']} runs did not learn" for side in "ab"
+                 if r[f"{side}_did_not_learn"][:1] not in ("0", "-")]
+        if stuck:
+            verdict += f" [{'; '.join(stuck)}]"
+    if not r["paired"]:
+        verdict += " [unpaired, Welch]"
+    return verdict
+
+
+def _claim(r: dict) -> str:
+    return f"{r['claim']} ({r['expect']}, rope {_fmt(r['rope'], 2)})"
+
+
+def _interval(lo: float, hi: float) -> str:
+    if math.isinf(lo) and math.isinf(hi):
+        return "none"
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def hypotheses_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["id", "claim", "n", "a - b (points)", "95% CI", "p (t)", "p (Wilcoxon)", "d_z",
+            "verdict"]
+    rows = [[r["id"], _claim(r), str(r["n"]), _fmt(r["mean_diff"]),
+             _interval(r["ci_low"], r["ci_high"]), _p(r["p_t"]), _p(r["p_wilcoxon"]),
+             _fmt(r["effect_dz"]), _verdict_text(r)]
+            for r in hypotheses_table(a).to_dict("records")]
+    return head, rows
+
+
+def adjusted_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["id", "p (verdict)", "p (Holm)", "verdict (Holm)", "anytime 95% CS",
+            "verdict (anytime)", "a: did not learn", "b: did not learn"]
+    rows = [[r["id"], _p(r["p_verdict"]), _p(r["p_holm"]), r["verdict_holm"],
+             _interval(r["anytime_low"], r["anytime_high"]), r["verdict_anytime"],
+             r["a_did_not_learn"], r["b_did_not_learn"]]
+            for r in hypotheses_table(a).to_dict("records")]
+    return head, rows
+
+
+def pairing_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["id", "n", "corr(a, b)", "var(a - b)", "var(a) + var(b)", "efficiency",
+            "seeds the pairing saved"]
+    rows = []
+    for r in hypotheses_table(a).to_dict("records"):
+        saved = r["seeds_saved"]
+        rows.append([r["id"], str(r["n"]), _fmt(r["corr"]), _fmt(r["var_paired"], 4),
+                     _fmt(r["var_unpaired"], 4), _fmt(r["pairing_efficiency"]),
+                     "-" if math.isnan(saved) else
+                     (f"{saved:.1f} per arm" if saved >= 0 else f"cost {-saved:.1f} per arm")])
+    return head, rows
+
+
+def notes(a: Analysis) -> list[str]:
+    return [f"{v.hypothesis.id}: {v.comparison.note}" for v in a.verdicts if v.comparison.note]
+
+
+def effects_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["effect (first level minus second)", "n", "points", "95% CI", "p (t)"]
+    rows = [[r["effect"], str(r["n"]), _fmt(r["mean_points"]),
+             _interval(r["ci_low"], r["ci_high"]), _p(r["p_t"])]
+            for r in effects_table(a).to_dict("records")]
+    return head, rows
+
+
+def verdict_table(a: Analysis) -> Table:
+    """The hypotheses as a compact rich table for the terminal (claims and notes in the
+    caption; user text is escaped, so `[/]` in a claim prints as written)."""
+    head, rows = hypotheses_rows(a)
+    adj = {r[0]: r for r in adjusted_rows(a)[1]}
+    keep = [0, 2, 3, 4, 5, 8]
+    caption = [f"{r[0]}: {r[1]}" for r in rows] + [f"note {n}" for n in notes(a)]
+    if a.provenance is not None:
+        caption.insert(0, a.provenance.budget)
+    t = Table(title=escape(f"{a.spec.name}: hypotheses"),
+              caption=escape("\n".join(caption)), caption_justify="left")
+    for i in keep:
+        t.add_column(head[i], overflow="fold", justify="left" if i in (0, 8) else "right")
+    t.add_column("Holm", overflow="fold")
+    t.add_column("anytime", overflow="fold")
+    for row in rows:
+        styled = []
+        for text in (row[-1], adj[row[0]][3], adj[row[0]][5]):
+            style = next((v for k, v in VERDICT_STYLE.items() if text.startswith(k)), "")
+            styled.append(f"[{style}]{escape(text)}[/]" if style else escape(text))
+        t.add_row(*[escape(row[i]) for i in keep[:-1]], *styled)
+    return t
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *["| " + " | ".join(r) + " |" for r in esc]])
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    def cell(c: str) -> str:
+        cls = next((k for k in VERDICT_STYLE if c.startswith(k)), "")
+        return f'<td class="{cls}">{html.escape(c)}</td>'
+    return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
+            + "</tbody></table>")
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;
+padding:4px 8px;text-align:left}th{background:#f3f3f3}td.supported{background:#e8f5e9;
+font-weight:600}td.refuted{background:#ffebee;font-weight:600}td.inconclusive{
+background:#fffde7}td.no{background:#f3e5f5}img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#666;
+font-size:13px}"""
+
+RULES = ("Verdicts use paired differences over shared seeds and a 95% t-interval: 'a > b' is "
+         "supported when the interval is above 0 and the mean above the rope, refuted when "
+         "the interval's upper end is below the rope; 'a == b' is supported when the interval "
+         "lies inside (-rope, rope). Anything else is inconclusive. Without a spread estimate "
+         "(one seed, or differences all equal) there is no interval and the verdict is "
+         "inconclusive.")
+HOLM = ("With several hypotheses, the chance that at least one verdict is wrong grows with "
+        "their number; Holm's adjustment (Holm 1979) keeps that chance at 5% for the whole "
+        "spec, and 'verdict (Holm)' is what survives it.")
+ANYTIME = ("'verdict (anytime)' uses a 95% confidence sequence (Lai 1976; Howard et al. 2021) "
+           "that holds at every number of seeds at once: it is the verdict to read when seeds "
+           "were added with --until-decided, whose stopping rule it is.")
+CHANCE = (f"A run 'did not learn' when its test accuracy is not above chance (1/classes) by an "
+          f"exact one-sided binomial test over its test images at the {CHANCE_ALPHA:g} level; "
+          "a hypothesis whose arms both did not learn gets no verdict.")
+PAIRING = ("The seeds pair the variants. 'efficiency' is var(a) + var(b) over var(a - b): an "
+           "unpaired design would need that many times the seeds for the same precision; "
+           "below 1 the pairing cost seeds.")
+
+
+def _sections(a: Analysis) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
+    out = [("Variants", "", variants_rows(a)), ("Hypotheses", RULES, hypotheses_rows(a))]
+    if a.verdicts:
+        out.append(("Several hypotheses, optional stopping, runs at chance",
+                    f"{HOLM} {ANYTIME} {CHANCE}", adjusted_rows(a)))
+        out.append(("What the pairing bought", PAIRING, pairing_rows(a)))
+    if a.effects:
+        out.append(("Factorial effects on test accuracy", "", effects_rows(a)))
+    return out
+
+
+def header_lines(a: Analysis) -> list[str]:
+    """The report's first lines: the budget, then grid, parent run, data, recipe, dates."""
+    if a.provenance is None:
+        return []
+    return [a.provenance.budget, *[f"{k}: {v}" for k, v in a.provenance.fields]]
+
+
+def write_report(a: Analysis, out: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write the plots and the requested formats into `out`; return the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [plot_curves(a, out / "curves.png"), plot_differences(a, out / "differences.png"),
+             plot_class_deltas(a, out / "class_deltas.png")]
+    files = list(plots)
+    sections = _sections(a)
+    title = f"{a.spec.name}" + (f" - {a.data_label}" if a.data_label else "")
+    head = header_lines(a)
+    if "csv" in formats:
+        for name, df in (("variants", a.variants), ("hypotheses", hypotheses_table(a)),
+                         ("effects", effects_table(a)),
+                         ("runs", a.runs.drop(columns=["history"], errors="ignore"))):
+            df.to_csv(out / f"{name}.csv", index=False)
+            files.append(out / f"{name}.csv")
+    if "md" in formats:
+        md = [f"# {title}", ""]
+        if head:
+            md += [f"**{head[0]}**", "", *[f"- {line}" for line in head[1:]], ""]
+        md += [a.spec.description.strip(), ""]
+        for name, text, (cols, rows) in sections:
+            md += [f"## {name}", ""] + ([text, ""] if text else []) + [_md_table(cols, rows), ""]
+        if notes(a):
+            md += ["## Notes", "", *[f"- {n}" for n in notes(a)], ""]
+        md += [f"![{p.stem}]({p.name})" for p in plots]
+        (out / "report.md").write_text("\n".join(md) + "\n")
+        files.append(out / "report.md")
+    if "html" in formats:
+        body = [f"<h1>{html.escape(title)}</h1>"]
+        if head:
+            body += [f"<p><strong>{html.escape(head[0])}</strong></p><ul>"
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in head[1:]) + "</ul>"]
+        body.append(f"<p>{html.escape(a.spec.description.strip())}</p>")
+        for name, text, (cols, rows) in sections:
+            body += [f"<h2>{html.escape(name)}</h2>"]
+            if text:
+                body.append(f'<p class="note">{html.escape(text)}</p>')
+            body.append(_html_table(cols, rows))
+        if notes(a):
+            body += ["<h2>Notes</h2><ul>"
+                     + "".join(f"<li>{html.escape(n)}</li>" for n in notes(a)) + "</ul>"]
+        for p in plots:
+            data = base64.b64encode(p.read_bytes()).decode()
+            body.append(f'<img alt="{p.stem}" src="data:image/png;base64,{data}">')
+        (out / "report.html").write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+        files.append(out / "report.html")
+    return files
+
+
+def log_report(grid: ParentRun, files: list[Path]) -> None:
+    """Attach the report's files to the grid's parent run (artifact folder `report/`)."""
+    from cifarnet.tracking.client import mlflow_client
+
+    client = mlflow_client(grid.workspace.tracking_uri)
+    parent_run_id = grid.parent_run_id
+    for f in files:
+        client.log_artifact(parent_run_id, str(f), "report")
+

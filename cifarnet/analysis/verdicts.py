@@ -1,0 +1,293 @@
+"""From runs to answers: the variants table, hypothesis verdicts and factorial effects.
+
+Per hypothesis, beside the fixed-n verdict of `stats.compare`:
+- the runs that did not learn (`chance`): both arms at chance give NO_VERDICT, one arm at
+  chance is a real effect, with a note;
+- a metric no finished run logged gives NO_VERDICT (more seeds would not help);
+- the anytime-valid verdict (`sequential`), the one `--until-decided` stops on;
+- the Holm-adjusted p-value and verdict over the spec's hypotheses (`multiple`);
+- the pairing's gain (`stats.PairingGain`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from cifarnet.ablation.spec import AblationSpec, Hypothesis, format_level
+from cifarnet.analysis.chance import did_not_learn
+from cifarnet.analysis.multiple import adjusted_verdict, holm_adjust
+from cifarnet.analysis.provenance import GridSource, Provenance, describe
+from cifarnet.analysis.sequential import anytime_verdict
+from cifarnet.analysis.stats import (
+    NO_INTERVAL,
+    Comparison,
+    Effect,
+    Outcome,
+    compare,
+    factorial_effects,
+    verdict_p_value,
+)
+
+TARGET_ACC = 0.85
+CLASS_PREFIX = "metrics.test_acc_class."
+
+
+@dataclass(frozen=True)
+class ArmLearning:
+    """How many of an arm's finished runs were checked against chance, and how many of those
+    did not learn."""
+
+    checked: int
+    not_learned: int
+
+    @property
+    def none_learned(self) -> bool:
+        return self.checked > 0 and self.not_learned == self.checked
+
+    def label(self) -> str:
+        return f"{self.not_learned}/{self.checked}" if self.checked else "-"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One hypothesis answered. `comparison.verdict` is the fixed-n verdict (NO_VERDICT when
+    the data cannot answer); the others are the anytime-valid and Holm-adjusted ones."""
+
+    hypothesis: Hypothesis
+    a_cell: str
+    b_cell: str
+    comparison: Comparison
+    a_learning: ArmLearning = ArmLearning(0, 0)
+    b_learning: ArmLearning = ArmLearning(0, 0)
+    verdict_anytime: Outcome = Outcome.INCONCLUSIVE
+    ci_anytime: tuple[float, float] = NO_INTERVAL
+    p_verdict: float = math.nan
+    p_holm: float = math.nan
+    verdict_holm: Outcome = Outcome.INCONCLUSIVE
+    why_no_verdict: str = ""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    spec: AblationSpec
+    variants: pd.DataFrame
+    verdicts: list[Verdict]
+    effects: list[Effect]
+    runs: pd.DataFrame
+    data_label: str
+    provenance: Provenance | None = None
+
+
+def metric_by_seed(runs: pd.DataFrame, cell: str, metric: str) -> dict[int, float]:
+    """{seed: final metric} over the FINISHED runs of a cell (NaN values kept: `compare`
+    leaves them out and says so)."""
+    col = f"metrics.{metric}"
+    if col not in runs:
+        return {}
+    ok = runs[(runs["cell"] == cell) & (runs["status"] == "FINISHED")]
+    return {int(s): float(v) for s, v in zip(ok["seed"], ok[col]) if v is not None}
+
+
+def _num_classes(row: pd.Series) -> int | None:
+    given = row.get("params.data.num_classes")
+    if given is not None and not pd.isna(given):
+        return int(float(given))
+    n = sum(1 for k, v in row.items() if str(k).startswith(CLASS_PREFIX) and not pd.isna(v))
+    return n or None
+
+
+def learning_flags(runs: pd.DataFrame) -> pd.Series:
+    """Per run: True when its test accuracy is within noise of chance (`chance.did_not_learn`
+    over params.data.num_test images and its number of classes: params.data.num_classes, else
+    its per-class metrics), False when it learned, None when it cannot be checked (not
+    FINISHED, or the accuracy, test size or classes are missing)."""
+    out = []
+    for _, row in runs.iterrows():
+        acc = row.get("metrics.test_acc")
+        n_test = row.get("params.data.num_test")
+        k = _num_classes(row)
+        if (row.get("status") != "FINISHED" or acc is None or pd.isna(acc) or n_test is None
+                or pd.isna(n_test) or not k or k < 2 or int(float(n_test)) < 1):
+            out.append(None)
+            continue
+        out.append(did_not_learn(float(acc), int(float(n_test)), k))
+    return pd.Series(out, index=runs.index, dtype=object)
+
+
+def _arm(runs: pd.DataFrame, cell: str) -> ArmLearning:
+    if "did_not_learn" not in runs or not len(runs):
+        return ArmLearning(0, 0)
+    flags = [f for f in runs.loc[runs["cell"] == cell, "did_not_learn"] if f is not None]
+    return ArmLearning(len(flags), sum(bool(f) for f in flags))
+
+
+def _no_verdict(c: Comparison, why: str) -> Comparison:
+    return replace(c, verdict=Outcome.NO_VERDICT, seeds_needed=None,
+                   note="; ".join(x for x in (why, c.note) if x))
+
+
+def _finished(runs: pd.DataFrame, cell: str) -> int:
+    if not len(runs):
+        return 0
+    return int(((runs["cell"] == cell) & (runs["status"] == "FINISHED")).sum())
+
+
+def judge(h: Hypothesis, a: str, b: str, runs: pd.DataFrame) -> Verdict:
+    """One hypothesis over `runs` (which carry a `did_not_learn` column, see
+    `learning_flags`), before the Holm adjustment."""
+    cmp = compare(metric_by_seed(runs, a, h.metric), metric_by_seed(runs, b, h.metric),
+                  h.expect, h.rope)
+    la, lb = _arm(runs, a), _arm(runs, b)
+    why = ""
+    if la.none_learned and lb.none_learned:
+        why = "both arms did not learn"
+        cmp = _no_verdict(cmp, "no verdict: both arms did not learn (every run's test accuracy "
+                               "is within noise of chance), so they cannot differ in anything "
+                               "but noise; train longer or fix the recipe")
+    elif cmp.n == 0 and _finished(runs, a) and _finished(runs, b) and not any(
+            math.isfinite(x) for c in (a, b) for x in metric_by_seed(runs, c, h.metric).values()):
+        why = f"no run logged {h.metric}"
+        cmp = _no_verdict(cmp, f"no verdict: no finished run logged a finite value of the "
+                               f"metric {h.metric!r}")
+    else:
+        notes = [f"{side} did not learn in {arm.not_learned} of {arm.checked} run(s)"
+                 + (": a real effect, but it says only that one arm trains at all"
+                    if arm.none_learned else "")
+                 for side, arm in (("a", la), ("b", lb)) if arm.not_learned]
+        if notes:
+            cmp = replace(cmp, note="; ".join([*notes, cmp.note] if cmp.note else notes))
+    if cmp.verdict is Outcome.NO_VERDICT:
+        anytime, cs = Outcome.NO_VERDICT, NO_INTERVAL
+    elif cmp.paired:
+        anytime, cs = anytime_verdict(h.expect, cmp.differences, h.rope)
+    else:
+        anytime, cs = Outcome.INCONCLUSIVE, NO_INTERVAL
+    return Verdict(h, a, b, cmp, la, lb, anytime, cs, verdict_p_value(cmp),
+                   why_no_verdict=why)
+
+
+def analyze(spec: AblationSpec, runs: pd.DataFrame,
+            source: GridSource | None = None) -> Analysis:
+    """Everything a report shows, from the runs of one grid.
+
+    `runs`: one row per run (`cifarnet.tracking.results.load_runs`: columns cell, seed,
+    status, metrics.*, params.*). Returns the variants table (mean and sd over seeds per
+    cell), one verdict per hypothesis (`stats.compare` over the paired seeds, Holm-adjusted
+    across hypotheses, runs at chance flagged), and the factorial effects of a 2^k grid."""
+    runs = runs.copy()
+    runs["did_not_learn"] = learning_flags(runs) if len(runs) else pd.Series(dtype=object)
+    verdicts = [judge(h, spec.cell_of(h.a).label, spec.cell_of(h.b).label, runs)
+                for h in spec.hypotheses]
+    adjusted = holm_adjust([v.p_verdict for v in verdicts])
+    verdicts = [replace(v, p_holm=p, verdict_holm=adjusted_verdict(v.comparison.verdict, p))
+                for v, p in zip(verdicts, adjusted)]
+    effects: list[Effect] = []
+    if spec.factors and all(len(v) == 2 for v in spec.factors.values()):
+        values = {tuple(c.levels.items()): metric_by_seed(runs, c.label, "test_acc")
+                  for c in spec.cells()}
+        effects = factorial_effects(values, spec.factors)
+    labels = runs["params.data.label"].dropna() if "params.data.label" in runs else []
+    label = str(labels.iloc[0]) if len(labels) else ""
+    return Analysis(spec, variants_table(spec, runs), verdicts, effects, runs, label,
+                    describe(runs, source))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample sd; the sd is NaN for one value (no spread estimate, not zero)."""
+    if not values:
+        return (math.nan, math.nan)
+    return (float(np.mean(values)),
+            float(np.std(values, ddof=1)) if len(values) > 1 else math.nan)
+
+
+def _param(run: pd.Series | None, key: str) -> float:
+    if run is None or pd.isna(run.get(f"params.{key}")):
+        return math.nan
+    return float(run[f"params.{key}"])
+
+
+def variants_table(spec: AblationSpec, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: flags, size, accuracy over seeds, epochs to 85%, run counts, runs
+    that did not learn."""
+    rows = []
+    for cell in spec.cells():
+        mine = runs[runs["cell"] == cell.label] if len(runs) else runs
+        ok = mine[mine["status"] == "FINISHED"] if len(mine) else mine
+        first = ok.iloc[0] if len(ok) else None
+
+        final = list(ok["metrics.test_acc"].dropna()) if "metrics.test_acc" in ok else []
+        best = list(ok["metrics.best_test_acc"].dropna()) if "metrics.best_test_acc" in ok else []
+        reach = []
+        if "history" in ok:
+            for hist in ok["history"]:
+                accs = hist.get("test_acc", [])
+                hit = next((i + 1 for i, a in enumerate(accs) if a >= TARGET_ACC), None)
+                if hit is not None:
+                    reach.append(hit)
+        row = {"cell": cell.label,
+               **{k.split(".", 1)[1]: format_level(v) for k, v in cell.levels.items()},
+               "params": _param(first, "arch.params"), "MACs": _param(first, "arch.macs"),
+               "RF": _param(first, "arch.receptive_field")}
+        row["final_acc_mean"], row["final_acc_std"] = _mean_std(final)
+        row["best_acc_mean"], row["best_acc_std"] = _mean_std(best)
+        row["epochs_to_85"] = float(np.mean(reach)) if reach else math.nan
+        row["reached_85"] = len(reach)
+        row["finished"] = int((mine["status"] == "FINISHED").sum()) if len(mine) else 0
+        row["failed"] = int((mine["status"] == "FAILED").sum()) if len(mine) else 0
+        flags = ([f for f in ok["did_not_learn"] if f is not None]
+                 if "did_not_learn" in ok else [])
+        row["did_not_learn"] = sum(bool(f) for f in flags)
+        row["checked_vs_chance"] = len(flags)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def hypotheses_table(analysis: Analysis) -> pd.DataFrame:
+    """Differences in accuracy points (x100) for people; raw values stay in `comparison`.
+    Variances of the pairing in squared points."""
+    rows = []
+    for v in analysis.verdicts:
+        c, h = v.comparison, v.hypothesis
+        scale = 100.0 if h.metric.endswith("_acc") else 1.0
+        g = c.pairing
+        rows.append({
+            "id": h.id, "claim": h.claim, "metric": h.metric, "a": v.a_cell, "b": v.b_cell,
+            "expect": str(h.expect), "rope": h.rope * scale, "n": c.n,
+            "mean_diff": c.mean * scale, "ci_low": c.ci[0] * scale, "ci_high": c.ci[1] * scale,
+            "boot_low": c.ci_bootstrap[0] * scale if c.ci_bootstrap else math.nan,
+            "boot_high": c.ci_bootstrap[1] * scale if c.ci_bootstrap else math.nan,
+            "p_t": c.p_t, "p_wilcoxon": c.p_wilcoxon if c.p_wilcoxon is not None else math.nan,
+            "effect_dz": c.effect_dz if c.effect_dz is not None else math.nan,
+            "verdict": str(c.verdict), "why_no_verdict": v.why_no_verdict, "paired": c.paired,
+            "seeds_needed": c.seeds_needed if c.seeds_needed is not None else math.nan,
+            "p_verdict": v.p_verdict, "p_holm": v.p_holm, "verdict_holm": str(v.verdict_holm),
+            "anytime_low": v.ci_anytime[0] * scale, "anytime_high": v.ci_anytime[1] * scale,
+            "verdict_anytime": str(v.verdict_anytime),
+            "a_did_not_learn": v.a_learning.label(), "b_did_not_learn": v.b_learning.label(),
+            "corr": g.corr if g else math.nan,
+            "var_paired": g.var_paired * scale ** 2 if g else math.nan,
+            "var_unpaired": g.var_unpaired * scale ** 2 if g else math.nan,
+            "pairing_efficiency": g.efficiency if g else math.nan,
+            "seeds_saved": g.seeds_saved if g else math.nan,
+            "note": c.note})
+    return pd.DataFrame(rows)
+
+
+def effects_table(analysis: Analysis) -> pd.DataFrame:
+    return pd.DataFrame([{"effect": e.name, "n": e.n, "mean_points": e.mean * 100,
+                          "ci_low": e.ci[0] * 100, "ci_high": e.ci[1] * 100, "p_t": e.p_t}
+                         for e in analysis.effects])
+
+
+def undecided_cells(analysis: Analysis) -> set[str]:
+    """The cells of every hypothesis whose anytime-valid verdict is inconclusive: where more
+    seeds could decide (NO_VERDICT hypotheses are left out: seeds would not help)."""
+    out: set[str] = set()
+    for v in analysis.verdicts:
+        if v.verdict_anytime is Outcome.INCONCLUSIVE:
+            out |= {v.a_cell, v.b_cell}
+    return out

@@ -1,0 +1,1 @@
+"""The `cifarnet-exp` command line: commands, terminal display, library log settings."""

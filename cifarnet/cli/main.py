@@ -1,0 +1,689 @@
+"""The `cifarnet-exp` command line. Commands parse arguments and delegate; user errors
+(`UserError`) become one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+import click
+
+from cifarnet import __version__
+from cifarnet.errors import UserError, one_line
+
+SET_HELP = "Override a config key, e.g. --set model.dilation=1 (repeatable)."
+MAX_WORKERS = 64  # local worker processes (each holds a model, its data and a display bar)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a UserError into `error: ...` on stderr and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"error: {one_line(str(exc))}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def stops_at_once(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The signal policy of a command with no run to end (`signals.stop_at_once`): a signal
+    stops it with `interrupted: <what>` and exit 128 + the signal's number."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from cifarnet.cli.signals import stop_at_once
+
+            with stop_at_once() as request:
+                try:
+                    return fn(*args, **kwargs)
+                except KeyboardInterrupt:
+                    interrupted(request, what)
+        return wrapper
+    return decorate
+
+
+class OneLineErrors(click.Group):
+    """Click's group, whose usage errors (an unknown option, a value out of range, a missing
+    argument) are one line naming it, `error: Invalid value for '--workers': ...`, and exit
+    code 2, as every other bad input is; click's own form is four lines (usage, a hint, a
+    blank line, the error)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("standalone_mode", None)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # no command: the help, as asked
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            sys.exit(0)
+        except click.UsageError as exc:
+            click.echo(f"error: {one_line(exc.format_message())}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:  # Ctrl-C at a prompt
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)  # --help, --version: click's Exit
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cifarnet-exp")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Test architectural hypotheses about small CIFAR-10 CNNs, honestly and fast."""
+    from cifarnet.workspace import Workspace
+
+    ctx.obj = Workspace.resolve()  # once: every command's stores and folders
+
+
+def interrupted(request: Any, what: str) -> NoReturn:
+    """The one line and exit code of a command stopped by a signal."""
+    click.echo(f"interrupted: {what}", err=True)
+    sys.exit(request.exit_code)
+
+
+@main.command()
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--preset", default=None, help="Start from a named model preset.")
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="YAML run config to start from.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+@stops_at_once("summary stopped")
+def summary(assignments: tuple[str, ...], preset: str | None, config_file: str | None,
+            as_json: bool) -> None:
+    """Per-layer shapes, parameters, MACs and receptive fields."""
+    from cifarnet.config.presets import preset_overrides
+    from cifarnet.config.schema import load_config
+    from cifarnet.model.summary import format_table, summarize
+
+    cfg = load_config(config_file, assignments,
+                      preset_overrides(preset) if preset else None)
+    s = summarize(cfg.model)
+    if as_json:
+        click.echo(json.dumps(s.to_dict()))
+    else:
+        click.echo(format_table(s))
+
+
+
+@main.command("train")
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="YAML run config to start from.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--data", "data_path", default=None, help="Local ImageFolder tree (data.path).")
+@click.option("--resume", is_flag=True, help="Continue from the run folder's checkpoint.")
+@click.option("--run-dir", type=click.Path(), default=None,
+              help="Run folder (default: train.out_dir/<config hash>).")
+@user_errors
+def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: str | None,
+              resume: bool, run_dir: str | None) -> None:
+    """Train one run with a progress bar; final metrics go to the run folder as JSON."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from cifarnet.cli.progress import DecodeProgress, RichProgress, metrics_table
+    from cifarnet.cli.signals import stop_on_signals
+    from cifarnet.config.schema import load_config
+    from cifarnet.data.datasets import load_data
+    from cifarnet.training.callbacks import StopOnEvent
+    from cifarnet.training.checkpoint import resume_point
+    from cifarnet.training.loop import METRICS, default_run_dir, train
+
+    cfg = load_config(config_file, assignments)
+    if data_path is not None:
+        cfg = cfg.replace({"data.path": data_path})
+    console = Console(stderr=True)
+    folder = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    if resume:
+        point = resume_point(folder, cfg.hash(), cfg.train.epochs)
+        click.echo(point.message(), err=True)
+        if point.finished:
+            result = train(cfg, run_dir=folder, resume=True)
+            Console().print(metrics_table(result))
+            click.echo(f"metrics: {result.run_dir / METRICS}")
+            return
+    data = load_data(cfg.data, DecodeProgress(console).update)
+    console.print(f"[bold]{escape(data.label)}[/]: {len(data.train):,} train, "
+                  f"{len(data.val) if data.val else 0:,} val, {len(data.test):,} test images; "
+                  f"config {cfg.hash()[:12]}")
+    with stop_on_signals() as request:
+        try:
+            result = train(cfg, [RichProgress(console), StopOnEvent(request.event)], data=data,
+                           run_dir=folder, resume=resume)
+        except KeyboardInterrupt:
+            interrupted(request, "the run stopped after its last checkpoint; `train --resume` "
+                                 "continues it")
+    Console().print(metrics_table(result))
+    click.echo(f"metrics: {result.run_dir / METRICS}")
+    if result.status != "finished":
+        click.echo(f"run {result.status}: {result.reason}", err=True)
+        sys.exit(1)
+
+
+@main.command("run")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override the spec's base config, e.g. --set train.epochs=2.")
+@click.option("--dry-run", is_flag=True, help="Print the expanded grid; write nothing.")
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE",
+              help="Shared queue storage (e.g. postgresql://host/db); default: SQLite under "
+                   "mlruns/.")
+@click.option("--heartbeat", type=click.IntRange(1), default=10, show_default=True,
+              help="Seconds between a worker's heartbeats.")
+@click.option("--grace", type=click.IntRange(1), default=30, show_default=True,
+              help="Seconds without a heartbeat before a job counts as abandoned; at least "
+                   "2 x --heartbeat + 5, so that one late heartbeat never looks like a dead "
+                   "worker.")
+@click.option("--until-decided", is_flag=True,
+              help="Add seeds to the cells of inconclusive hypotheses until all are decided.")
+@click.option("--max-seeds", type=click.IntRange(2), default=10, show_default=True,
+              help="With --until-decided: the most seeds a cell gets.")
+@click.option("--no-reuse", is_flag=True,
+              help="Train every job, even one that another experiment has already finished "
+                   "(same config and data); by default such a run is copied.")
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
+              help="Worker processes on this machine, sharing the queue (CPU: the cores are "
+                   "split between them; CUDA: devices round-robin).")
+@click.option("--worker", "as_worker", is_flag=True, hidden=True,
+              help="Run as one of --workers: events on stdout, no display.")
+@user_errors
+def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage: str | None,
+            heartbeat: int, grace: int, until_decided: bool, max_seeds: int, no_reuse: bool,
+            workers: int, as_worker: bool) -> None:
+    """Run an ablation spec (a file, or a shipped name such as dilation_add): every
+    cell x seed, tracked in MLflow, resumable, shareable."""
+    check_grace(heartbeat, grace)
+    from cifarnet.cli.logs import quiet_libraries
+
+    quiet_libraries()
+    from rich.console import Console
+
+    from cifarnet.ablation.adaptive import run_until_decided
+    from cifarnet.ablation.runner import Outcome, run_spec
+    from cifarnet.ablation.spec import MAX_RUNS, load_spec
+    from cifarnet.analysis.report import analyze_grid, verdict_table
+    from cifarnet.cli.progress import DecodeProgress, GridProgress
+    from cifarnet.cli.signals import stop_on_signals
+    from cifarnet.cli.workers import EventListener
+    from cifarnet.config.schema import parse_assignments
+    from cifarnet.data.datasets import preload_data
+    from cifarnet.tracking.results import find_parent_run
+
+    spec = load_spec(spec_path)
+    if assignments:
+        spec = spec.with_base(parse_assignments(assignments))
+    if until_decided and len(spec.cells()) * max_seeds > MAX_RUNS:
+        raise UserError(f"--max-seeds: {len(spec.cells())} cell(s) x {max_seeds} seeds is more "
+                        f"than the limit of {MAX_RUNS:,} runs per grid")
+    jobs = spec.jobs()
+    workspace = click.get_current_context().obj
+    if dry_run:
+        from cifarnet.queue.jobs import check_storage_url
+
+        check_storage_url(storage or workspace.storage_url)
+        click.echo(_dry_run_table(spec, jobs))
+        click.echo(_dry_run_estimate(spec, jobs, workers, workspace, reuse=not no_reuse))
+        click.echo("nothing was written (dry run)")
+        return
+    data = preload_data((j.config.data for j in jobs),
+                        None if as_worker else DecodeProgress().update)
+    # the prediction --dry-run prints, made once the stores are open and recorded on a new
+    # grid's parent run (with workers: by the supervisor)
+    def estimate():
+        return _estimate(spec, jobs, data, workers, workspace, reuse=not no_reuse)
+    if workers > 1:  # the cache is filled: the workers read it
+        argv = ["run", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
+                str(heartbeat), "--grace", str(grace), "--max-seeds", str(max_seeds),
+                *(["--storage", storage] if storage else []),
+                *(["--until-decided"] if until_decided else []),
+                *(["--no-reuse"] if no_reuse else [])]
+        _supervise_grid(spec, argv, workers, workspace, jobs, storage, data, estimate,
+                        heartbeat, grace)
+        return
+    display = EventListener() if as_worker else GridProgress()
+    total = Outcome()
+
+    with stop_on_signals() as request:
+        def run_jobs(batch) -> None:
+            first = not total.parent_run_id  # --until-decided: later batches add seeds
+            total.merge(run_spec(spec, workspace, jobs=batch, storage_url=storage,
+                                 progress=display, data=data, heartbeat_interval=heartbeat,
+                                 grace_period=grace, stop=request.event,
+                                 reuse=not no_reuse,
+                                 estimate=None if as_worker or not first else estimate))
+
+        def analysis_now():  # this command's grid, not the experiment's newest one
+            grid = find_parent_run(spec.name, workspace, run_id=total.parent_run_id)
+            return analyze_grid(grid, with_history=False)
+
+        try:
+            if until_decided:
+                analysis = run_until_decided(spec, max_seeds, run_jobs, analysis_now)
+            else:
+                run_jobs(jobs)
+                analysis = analysis_now()
+        except KeyboardInterrupt:
+            display.close()
+            interrupted(request, "the current run was ended KILLED; rerun to continue")
+    display.close()
+    if spec.hypotheses and not as_worker:
+        Console().print(verdict_table(analysis))
+    if total.reused:
+        click.echo(f"reused {len(total.reused)} finished run(s) of other experiments (tag "
+                   "cifarnet.reused_from); --no-reuse trains them again")
+    click.echo(f"{spec.name}: {len(total.finished)} run(s) finished here, "
+               f"{total.already_done + len(total.skipped)} already done, "
+               f"{len(total.failed)} failed; parent run {total.parent_run_id}")
+    if total.failed:
+        click.echo(total.failure_line(), err=True)
+        sys.exit(1)
+
+
+def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
+                    jobs: list[Any], storage_url: str | None, data: dict,
+                    estimate: Any, heartbeat: int, grace: int) -> None:
+    """`run --workers N`: open the grid (its stores and parent run, the prediction recorded
+    on it), start the workers, show them, pass signals on, and end as one `run` would
+    (verdicts, the summary line, its exit code)."""
+    import threading
+
+    from rich.console import Console
+
+    from cifarnet.ablation.runner import (
+        GridListener,
+        check_grid_limits,
+        log_estimate,
+        open_grid,
+    )
+    from cifarnet.analysis.report import analyze_grid, verdict_table
+    from cifarnet.cli.progress import WorkersProgress
+    from cifarnet.cli.signals import record_signals
+    from cifarnet.cli.workers import supervise
+    from cifarnet.tracking.results import find_parent_run
+
+    # both stores made here, once (the workers only open them), and the shared parent run
+    check_grid_limits(spec, jobs)
+    grid = open_grid(spec, workspace, storage_url or workspace.storage_url, heartbeat, grace,
+                     data, GridListener(), threading.Event())
+    if grid.parent_created:
+        log_estimate(grid, estimate())
+    display = WorkersProgress(workers)
+    with record_signals() as request:
+        result = supervise(argv, workers, request, display.event, display.error,
+                           cuda_devices=_cuda_devices(spec))
+    display.close()
+    codes = result.codes
+    if request.event.is_set() and any(c != 0 for c in codes):  # not when all had finished
+        interrupted(request, f"{workers} workers stopped (a run in progress ends KILLED); "
+                             "rerun to continue")
+    if 2 in codes:  # bad input: every worker said the same line
+        sys.exit(2)
+    parent = result.parent_run_id
+    if parent is None:
+        click.echo(f"error: no worker finished (exit codes {codes})", err=True)
+        sys.exit(1)
+    if spec.hypotheses:
+        grid = find_parent_run(spec.name, workspace, run_id=parent)
+        Console().print(verdict_table(analyze_grid(grid, with_history=False)))
+    finished, failed = result.count(0), result.count(2)
+    click.echo(f"{spec.name}: {finished} run(s) finished here by {workers} workers, "
+               f"{len(jobs) - finished - failed} already done, {failed} failed; "
+               f"parent run {parent}")
+    if any(codes):
+        sys.exit(1)
+
+
+def _cuda_devices(spec: Any) -> int:
+    """CUDA devices the workers share (0 when the spec trains on the CPU or none is here)."""
+    if spec.base_config().train.device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_grace(heartbeat: int, grace: int) -> None:
+    """Refuse a grace period that would declare live workers stale (UserError, --grace)."""
+    if grace < min_grace(heartbeat):
+        raise UserError(f"--grace: {grace} s is too short for --heartbeat {heartbeat} s; use at "
+                        f"least 2 x heartbeat + 5 = {min_grace(heartbeat)} s")
+
+
+def min_grace(heartbeat: int) -> int:
+    """The shortest --grace for a --heartbeat (seconds): two missed beats and 5 s of slack."""
+    return 2 * heartbeat + 5
+
+
+def _dry_run_table(spec, jobs) -> str:
+    from cifarnet.model.summary import summarize
+
+    cells = spec.cells()
+    base = spec.base_config()
+    rows = [("cell", "params", "MACs", "RF")]
+    for cell in cells:
+        s = summarize(base.replace(cell.levels).model)
+        rows.append((cell.label, f"{s.total_params:,}", f"{s.total_macs:,}",
+                     str(s.receptive_field)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    epochs = sum(j.config.train.epochs for j in jobs)
+    lines.append(f"{len(cells)} cell(s) x {len(spec.seeds)} seed(s) = {len(jobs)} run(s), "
+                 f"{epochs} epoch(s) in all")
+    return "\n".join(lines)
+
+
+def _dry_run_estimate(spec: Any, jobs: list[Any], workers: int, workspace: Any,
+                      reuse: bool) -> str:
+    """The grid's predicted wall time on this machine at `workers` workers
+    (`ablation.estimate`), or why there is none; read-only."""
+    from cifarnet.data.datasets import preload_data
+
+    try:
+        data = preload_data(j.config.data for j in jobs)
+    except UserError as exc:
+        return f"predicted time: none (the data cannot be loaded here: {exc})"
+    return _estimate(spec, jobs, data, workers, workspace, reuse).line()
+
+
+def _estimate(spec: Any, jobs: list[Any], data: dict, workers: int, workspace: Any,
+              reuse: bool) -> Any:
+    """`ablation.estimate.estimate_grid` with the threads each of `workers` workers gets."""
+    from cifarnet.ablation.estimate import covered_jobs, estimate_grid, seconds_since_start
+    from cifarnet.cli.workers import cpu_count
+
+    covered = covered_jobs(spec, jobs, data, workspace, reuse)
+    return estimate_grid(jobs, data, workers, cpu_count() // workers, covered,
+                         started_s=seconds_since_start())
+
+
+@main.command("report")
+@click.argument("target", metavar="SPEC_OR_EXPERIMENT")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Output folder (default: reports/<experiment>).")
+@click.option("--format", "formats", type=click.Choice(["md", "html", "csv"]), multiple=True,
+              help="Formats to write (repeatable; default all three). Plots are always PNG.")
+@click.option("--grid", "grid_id", default=None, metavar="ID",
+              help="The grid to report (a prefix of its id, tag cifarnet.grid) when the "
+                   "experiment holds several; default: the newest.")
+@user_errors
+@stops_at_once("the report was stopped before it was complete; run it again")
+def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
+               grid_id: str | None) -> None:
+    """Tables, verdicts, plots and an HTML page for a grid's runs, read back from MLflow."""
+    from cifarnet.cli.logs import quiet_libraries
+
+    quiet_libraries()
+    from rich.console import Console
+
+    from cifarnet.analysis.report import (
+        FORMATS,
+        analyze_grid,
+        log_report,
+        verdict_table,
+        write_report,
+    )
+    from cifarnet.tracking.results import find_parent_run
+
+    workspace = click.get_current_context().obj
+    grid = find_parent_run(target, workspace, grid=grid_id)
+    click.echo(grid.identity_line())
+    analysis = analyze_grid(grid)
+    out = Path(out_dir) if out_dir else workspace.reports_dir / grid.experiment
+    files = write_report(analysis, out, formats or FORMATS)
+    log_report(grid, files)
+    Console().print(verdict_table(analysis))
+    for f in files:
+        click.echo(str(f))
+
+
+@main.command("search")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--n-trials", type=click.IntRange(1), default=None,
+              help="Add this many trials now (default: fill the study up to the spec's n_trials).")
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE",
+              help="Optuna storage shared by workers (e.g. postgresql://host/db); default: "
+                   "SQLite under mlruns/.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override the spec's base config.")
+@click.option("--no-final", is_flag=True, help="Skip the held-out test of the best trial.")
+@click.option("--heartbeat", type=click.IntRange(1), default=10, show_default=True,
+              help="Seconds between a worker's heartbeats.")
+@click.option("--grace", type=click.IntRange(1), default=30, show_default=True,
+              help="Seconds without a heartbeat before a trial counts as abandoned (it is "
+                   "then run again with the same parameters).")
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
+              help="Worker processes on this machine, sharing the study (CPU: the cores are "
+                   "split between them; CUDA: devices round-robin).")
+@click.option("--worker", "as_worker", is_flag=True, hidden=True,
+              help="Run as one of --workers: events on stdout, no display.")
+@click.option("--until", type=click.IntRange(0), default=None, hidden=True,
+              help="Fill the study up to this many trials (a --worker's share of --n-trials).")
+@user_errors
+def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
+               assignments: tuple[str, ...], no_final: bool, heartbeat: int,
+               grace: int, workers: int, as_worker: bool, until: int | None) -> None:
+    """Optuna search over the recipe (e.g. lr, augment strength), pruned, tracked, shareable.
+    SPEC is a file or a shipped name such as lr_aug."""
+    check_grace(heartbeat, grace)
+    from cifarnet.cli.logs import quiet_libraries
+
+    quiet_libraries()
+    from cifarnet.ablation.spec import MAX_RUNS
+    from cifarnet.cli.progress import DecodeProgress, SearchProgress
+    from cifarnet.cli.signals import stop_on_signals
+    from cifarnet.cli.workers import SearchEvents
+    from cifarnet.config.schema import parse_assignments
+    from cifarnet.data.datasets import load_data
+    from cifarnet.search.spec import load_search_spec
+    from cifarnet.search.study import run_search
+    from cifarnet.tracking.urls import masked
+    from cifarnet.training.callbacks import StopOnEvent
+
+    workspace = click.get_current_context().obj
+    spec = load_search_spec(spec_path)
+    if assignments:
+        spec = spec.with_base(parse_assignments(assignments))
+    if n_trials is not None and n_trials > MAX_RUNS:
+        raise UserError(f"--n-trials: at most {MAX_RUNS:,}, got {n_trials:,}")
+    data = load_data(spec.base_config().data, None if as_worker else DecodeProgress().update)
+    if workers > 1:  # the cache is filled: the workers read it
+        argv = ["search", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
+                str(heartbeat), "--grace", str(grace), "--no-final",
+                *(["--storage", storage] if storage else [])]
+        _supervise_search(spec, argv, workers, workspace, storage, n_trials)
+        n_trials = 0  # the workers ran the trials; what is left here is the final test
+    if as_worker:
+        display = SearchEvents(until if until is not None else spec.n_trials)
+    else:
+        display = SearchProgress(spec.objectives[0].metric, spec.n_trials, n_trials)
+    with stop_on_signals() as request:
+        try:
+            out = run_search(spec, workspace, storage_url=storage, n_trials=n_trials,
+                             until=until, data=data, final=not no_final,
+                             heartbeat_interval=heartbeat,
+                             grace_period=grace,
+                             callbacks=lambda number: [*display.trial_callbacks(number),
+                                                       StopOnEvent(request.event)],
+                             study_callbacks=[display.after_trial])
+        except KeyboardInterrupt:
+            display.close()
+            interrupted(request, "the current trial was ended KILLED; rerun to continue the "
+                                 "same study")
+        finally:
+            display.close()
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in out.trials.items() if v)
+    click.echo(f"{out.study_name} (spec identity {spec.identity()[:10]}): {counts}")
+    for b in out.best:
+        click.echo(f"best trial {b['number']}: values {b['values']} params {b['params']}")
+    if out.final:
+        click.echo(f"held-out test of the best configuration (trial {out.final['trial']}, "
+                   f"retrained on train + validation): test_acc {out.final['test_acc']:.4f}")
+    click.echo(f"optuna-dashboard {masked(storage or workspace.storage_url)}")
+
+
+def _supervise_search(spec: Any, argv: list[str], workers: int, workspace: Any,
+                      storage_url: str | None, n_trials: int | None) -> None:
+    """`search --workers N`: start the workers on the study (each fills it up to the same
+    count, so `--n-trials K` adds K trials in all), show them, pass signals on; returns when
+    all have ended well, for the caller's held-out test of the best trial. Exits 2 when the
+    workers refused the input, 1 when one of them failed, 128 + signal when stopped."""
+    from cifarnet.cli.progress import WorkersProgress
+    from cifarnet.cli.signals import record_signals
+    from cifarnet.cli.workers import supervise
+    from cifarnet.queue.jobs import make_storage
+    from cifarnet.search.study import count_trials
+    from cifarnet.tracking.store import setup_mlflow
+
+    # both stores made here, once (the workers only open them); the queue's first, so a bad
+    # --storage writes nothing
+    storage = make_storage(storage_url or workspace.storage_url)
+    setup_mlflow(workspace)
+    until = spec.n_trials if n_trials is None else (
+        count_trials(f"search.{spec.name}", storage) + n_trials)
+    display = WorkersProgress(workers)
+    with record_signals() as request:
+        result = supervise([*argv, "--until", str(until)], workers, request, display.event,
+                           display.error, cuda_devices=_cuda_devices(spec))
+    display.close()
+    codes = result.codes
+    if request.event.is_set() and any(c != 0 for c in codes):
+        interrupted(request, f"{workers} workers stopped (a trial in progress ends KILLED); "
+                             "rerun to continue the same study")
+    if 2 in codes:  # bad input: every worker said the same line
+        sys.exit(2)
+    if any(codes):
+        click.echo(f"error: a worker failed (exit codes {codes}); rerun to continue the same "
+                   "study", err=True)
+        sys.exit(1)
+
+
+@main.command("search-report")
+@click.argument("name")
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Output folder (default: reports/search.<name>).")
+@user_errors
+@stops_at_once("the search report was stopped before it was complete; run it again")
+def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> None:
+    """Best trials, parameter importances and Optuna's plots for a search."""
+    from cifarnet.cli.logs import quiet_libraries
+
+    quiet_libraries()
+    from cifarnet.ablation.spec import SpecError
+    from cifarnet.queue.jobs import make_storage
+    from cifarnet.search.report import load_study, markdown, write_plots
+    from cifarnet.search.spec import load_search_spec
+    from cifarnet.search.study import SPEC_ATTR
+    from cifarnet.tracking.urls import masked
+
+    workspace = click.get_current_context().obj
+    spec = None
+    given_file = Path(name).is_file()  # a bare name (lr_aug) only names the study: a study
+    try:                                # run with --set overrides has another identity
+        spec = load_search_spec(name)
+        name = spec.name
+    except SpecError:
+        pass
+    url = storage or workspace.storage_url
+    if url == workspace.storage_url and url.startswith("sqlite:///") and not Path(
+            url[len("sqlite:///"):]).exists():
+        raise UserError(f"{name}: no local study storage at {masked(url)}")
+    study = load_study(name, make_storage(url))
+    stored = study.user_attrs.get(SPEC_ATTR, "")
+    if given_file and spec is not None and stored and stored != spec.identity():
+        raise UserError(f"name: study {study.study_name} was started from a different spec "
+                        f"(identity {stored[:10]}, this spec {spec.identity()[:10]}); report "
+                        "it by its name instead of the edited spec file")
+    click.echo(f"{study.study_name}: spec identity {stored[:12] or '(unrecorded)'}, "
+               f"{len(study.trials)} trial(s), storage {masked(url)}")
+    out = Path(out_dir) if out_dir else workspace.reports_dir / study.study_name
+    files = write_plots(study, out)
+    text = markdown(study, url)
+    (out / "search.md").write_text(text)
+    click.echo(text)
+    for f in [*files, out / "search.md"]:
+        click.echo(str(f))
+
+
+@main.command("relocate-store")
+@user_errors
+@stops_at_once("relocate-store stopped; nothing was changed (one transaction), run it again")
+def relocate_store_cmd() -> None:
+    """Point a copied or moved mlruns/ store at its new folder.
+
+    The embedded MLflow store records absolute artifact locations; after the folder is copied
+    or moved, every command refuses it until this rewrites them from the old folder to this
+    one (experiments, runs, logged models; one transaction). The Optuna storage needs nothing.
+    """
+    from cifarnet.tracking.location import relocate
+
+    done = relocate(click.get_current_context().obj)
+    if not done:
+        click.echo("nothing to relocate: the store's artifacts are already here")
+    for r in done:
+        rows = ", ".join(f"{n} {table}" for table, n in r.rows.items())
+        click.echo(f"relocated {r.old} -> {r.new} ({rows})")
+
+
+@main.command("ui")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@user_errors
+def ui_cmd(port: int) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the same store as `run`.
+
+    The server runs in its own process group, so a signal to this command (Ctrl-C, SIGTERM,
+    SIGHUP) takes the whole server down with it, quietly."""
+    import os
+    import subprocess
+
+    from cifarnet.cli.signals import stop_on_signals
+    from cifarnet.tracking.store import experiment_links, setup_mlflow
+    from cifarnet.tracking.urls import masked
+
+    workspace = click.get_current_context().obj
+    setup_mlflow(workspace)
+    uri = workspace.tracking_uri
+    base = f"http://127.0.0.1:{port}"
+    click.echo(f"MLflow UI for {masked(uri)} at {base}", err=True)
+    for name, url in experiment_links(base):
+        click.echo(f"  {name}: {url}", err=True)
+    # the store's URI goes by environment, not argv, where `ps` would show its password
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
+    with stop_on_signals() as request:
+        server = subprocess.Popen(cmd, start_new_session=True,
+                                  env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
+        try:
+            while server.poll() is None and not request.event.wait(0.5):
+                pass
+        except KeyboardInterrupt:  # a second signal
+            pass
+        if server.poll() is None:
+            _stop_group(server)
+            interrupted(request, "the MLflow UI was stopped")
+    sys.exit(server.returncode)
+
+
+def _stop_group(process: Any, timeout_s: float = 10.0) -> None:
+    """SIGTERM to the process's group, SIGKILL if it is still there after `timeout_s`."""
+    import os
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,90 @@
+"""One signal policy for every command: SIGINT, SIGTERM and SIGHUP stop the work cleanly.
+
+The first signal sets a stop event: the trainer's `StopOnEvent` callback turns it into
+KeyboardInterrupt at the next batch boundary, the current run ends KILLED and the queue's claim
+is released; the command then exits 128 + the signal's number (130, 143, 129) with one line. A
+second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Callable, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequest:
+    """The stop event shared with the work, and the signal that set it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self.received: list[int] = []  # every signal, in order (`record_signals`)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number (130 when stopped by a KeyboardInterrupt alone)."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _handling(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for every signal of SIGNALS during the block; the old handlers after."""
+    old = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Install the policy for the block (main thread only); restore the old handlers after."""
+    request = StopRequest()
+
+    def handler(signum: int, frame: object) -> None:
+        if request.event.is_set():  # a second signal: stop now, wherever we are
+            raise KeyboardInterrupt
+        request.signum = signum
+        request.event.set()
+
+    with _handling(handler):
+        yield request
+
+
+@contextlib.contextmanager
+def stop_at_once() -> Iterator[StopRequest]:
+    """The policy of a command with no run to end (report, search-report, summary,
+    relocate-store): the first signal stops it where it is (KeyboardInterrupt, recorded in
+    the request), so the command exits 128 + the signal's number with one line, as the others
+    do, instead of a traceback (SIGINT) or a silent death (SIGTERM, SIGHUP)."""
+    request = StopRequest()
+
+    def handler(signum: int, frame: object) -> None:
+        request.signum = signum
+        request.event.set()
+        raise KeyboardInterrupt
+
+    with _handling(handler):
+        yield request
+
+
+@contextlib.contextmanager
+def record_signals() -> Iterator[StopRequest]:
+    """The policy of a supervisor (`run --workers`): every signal is recorded in
+    `request.received` (the first also in `signum`, and the event set) and none raises, so
+    the supervisor is never interrupted inside a lock it holds; it passes each signal on to
+    its workers, which apply the policy of `stop_on_signals` themselves."""
+    request = StopRequest()
+
+    def handler(signum: int, frame: object) -> None:
+        request.signum = request.signum or signum
+        request.received.append(signum)
+        request.event.set()
+
+    with _handling(handler):
+        yield request

@@ -1,0 +1,388 @@
+"""Strict, frozen run configuration.
+
+One `RunConfig` (model, data, train) is passed down everywhere, nanoGPT-style. It is built
+from nested mappings (YAML) and dotted overrides (`model.dilation=1`); every unknown key,
+wrong type or impossible value raises one `ConfigError` naming the full dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import hashlib
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from cifarnet.config.yamlio import parse_plain_scalar, read_yaml_mapping
+from cifarnet.errors import ConfigError, clip, shown
+
+MAX_SEED = 2**63 - 1  # seeds are logged and analysed as int64 (pandas, numpy)
+DEVICE_RE = re.compile(r"auto|cpu|mps|(?:cuda|xpu)(?::[0-9]{1,3})?")
+
+
+def _opt(default: Any, doc: str, *, min: float | None = None, gt: float | None = None,
+         max: float | None = None, hashed: bool = True) -> Any:
+    """A config field with its bounds and a one-line description (shown by `--help`-like docs)."""
+    return field(default=default,
+                 metadata={"doc": doc, "min": min, "gt": gt, "max": max, "hashed": hashed})
+
+
+class Precision(enum.StrEnum):
+    """The arithmetic of the forward and backward passes (`train.precision`).
+
+    `auto` resolves per run to bf16 where the device computes bf16 natively (CUDA with bf16
+    support; CPUs with AVX512-BF16 or AMX), else fp32; see `cifarnet.training.device`.
+    """
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+# Keys that existed once, with what replaces them: an old config that uses one is refused
+# with this message rather than read with a changed meaning.
+RETIRED_KEYS: dict[str, str] = {
+    "train.amp": "replaced by train.precision (auto | fp32 | bf16); amp=true meant bf16 "
+                 "autocast on CUDA only, so write train.precision=auto (bf16 where the device "
+                 "computes it natively, CPUs included) or train.precision=fp32",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Feature flags of CifarNet; the defaults are the seed network (153,104 parameters)."""
+
+    residual_add: bool = _opt(True, "torch.add of block 3a's output and the dilated 3b's output")
+    dilation: int = _opt(2, "dilation of block 3's second 3x3 convolution (1 = none)", min=1, max=4)
+    pointwise_after_stride: bool = _opt(True, "1x1 convolution after each stride-2 3x3 convolution")
+    depthwise: bool = _opt(True, "depthwise-separable convolutions in 2a, 3a, 4a, 4b")
+    regular_after_depthwise: bool = _opt(True, "regular 3x3 in 2b, 3b (false: depthwise-separable)")
+    extra_adds: bool = _opt(False, "also add 1a + 1b and 2a + 2b")
+    width: float = _opt(1.0, "channel multiplier (1.0 = seed widths)", gt=0.0, max=8.0)
+    dropout: float = _opt(0.0, "dropout before the classifier", min=0.0, max=0.9)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from, how they are split and augmented."""
+
+    source: Literal["auto", "cifar10", "imagefolder"] = _opt(
+        "auto", "auto: imagefolder when a path is set (data.path or CIFARNET_DATA), else cifar10")
+    path: str | None = _opt(None, "local ImageFolder tree (train/<class>, test/<class>)",
+                            hashed=False)
+    cache_dir: str | None = _opt(None, "decoded-array cache (default ~/.cache/cifarnet)",
+                                 hashed=False)
+    train_subset: int | None = _opt(None, "class-stratified training subset size", min=10)
+    test_subset: int | None = _opt(None, "class-stratified test subset size", min=10)
+    val_size: int = _opt(0, "class-stratified validation images carved from training", min=0)
+    split_seed: int = _opt(0, "seed of the subsets and the validation split", min=0,
+                           max=MAX_SEED)
+    augment_strength: float = _opt(1.0, "scales shift, scale, rotation limits and hole side",
+                                   min=0.0, max=4.0)
+    flip_only_frac: float = _opt(
+        0.33, "fraction of the epochs, at the end, trained with the flip alone (no warp, no "
+        "hole); round(frac * epochs) epochs, 0 = the seed's augmentation throughout",
+        min=0.0, max=1.0)
+    backend: Literal["torch", "albumentations"] = _opt(
+        "torch", "augmentation backend: batched tensor ops, or albumentations per image")
+    num_workers: int = _opt(2, "DataLoader workers (albumentations backend)", min=0, hashed=False)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation recipe and the execution settings of one run."""
+
+    epochs: int = _opt(30, "training epochs", min=1)
+    batch_size: int = _opt(256, "batch size", min=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = _opt("sgd", "sgd is Nesterov SGD")
+    lr: float = _opt(0.2, "peak learning rate", gt=0.0, max=100.0)
+    momentum: float = _opt(0.9, "SGD momentum / Adam beta1", min=0.0, max=0.999)
+    weight_decay: float = _opt(5e-4, "weight decay", min=0.0, max=1.0)
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = _opt("onecycle", "lr schedule")
+    warmup_frac: float = _opt(0.25, "onecycle: fraction of steps rising to the peak", gt=0.0,
+                              max=0.9)
+    step_epochs: int = _opt(10, "step: epochs between decays", min=1)
+    step_gamma: float = _opt(0.1, "step: decay factor", gt=0.0, max=1.0)
+    label_smoothing: float = _opt(0.1, "label smoothing", min=0.0, max=0.5)
+    seed: int = _opt(0, "run seed: init, data order and augmentation streams derive from it",
+                     min=0, max=MAX_SEED)
+    bn_recal_batches: int = _opt(
+        16, "BatchNorm running statistics recomputed before every evaluation on this many "
+        "unaugmented training batches (update_bn / precise BN, see cifarnet.training.bn); "
+        "0 = off", min=0)
+    device: str = _opt("auto", "auto (cuda, mps, cpu), or cpu, mps, cuda, cuda:N, xpu, xpu:N",
+                       hashed=False)
+    precision: Precision = _opt(
+        Precision.AUTO, "auto: bf16 autocast where the device computes bf16 natively (CUDA "
+        "with bf16, CPUs with AVX512-BF16 or AMX), else fp32; BatchNorm statistics, the loss "
+        "and the optimiser state stay fp32 (the config hash holds the resolved value)")
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA and CPU (faster on both)",
+                               hashed=False)
+    compile: bool = _opt(False, "torch.compile the model", hashed=False)
+    out_dir: str = _opt("runs", "folder of run folders (checkpoints, metrics)", hashed=False)
+
+    def __post_init__(self) -> None:
+        # Built from plain mappings (YAML, to_dict) the field arrives as its string.
+        object.__setattr__(self, "precision", Precision(self.precision))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def flatten(self) -> dict[str, Any]:
+        """Dotted keys -> values, e.g. {'model.dilation': 2, ...}: MLflow params."""
+        return {f"{s}.{k}": v for s, sub in self.to_dict().items() for k, v in sub.items()}
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain values only (enums as their strings), for YAML, JSON and MLflow."""
+        return dataclasses.asdict(self, dict_factory=_plain_dict)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+
+    def hash(self) -> str:
+        """sha256 of the canonical JSON of every field that can change a result.
+
+        Paths, worker counts, the device and compile are execution details, left out so that
+        the same experiment on two machines has one identity. `train.precision` enters as
+        the precision the run resolves to on this machine (`auto` becomes bf16 or fp32):
+        bf16 changes results, and until a measurement shows the change is within noise, a
+        bf16 run and an fp32 run are different runs.
+        """
+        canon = {k: v for k, v in self.flatten().items() if _field_meta(k).get("hashed", True)}
+        if canon.get("train.precision") == Precision.AUTO:
+            from cifarnet.training.device import resolve_precision, select_device
+
+            canon["train.precision"] = str(resolve_precision(
+                Precision.AUTO, select_device(self.train.device)))
+        text = json.dumps(canon, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def replace(self, overrides: Mapping[str, Any]) -> "RunConfig":
+        """A copy with dotted or nested overrides applied (validated)."""
+        return build_config(overrides, base=self)
+
+
+def _plain_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in items}
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _field_meta(dotted: str) -> Mapping[str, Any]:
+    section, name = dotted.split(".", 1)
+    return {f.name: f.metadata for f in dataclasses.fields(SECTIONS[section])}[name]
+
+
+def config_keys() -> list[str]:
+    """Every valid dotted key."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def is_result_key(dotted: str) -> bool:
+    """Whether the key can change a run's result (is part of `RunConfig.hash`); paths,
+    workers, the device, channels_last and compile cannot."""
+    return bool(_field_meta(dotted).get("hashed", True))
+
+
+def is_string_key(dotted: str) -> bool:
+    """Whether the key holds text (a path, a device, or one of a set of names)."""
+    section, name = dotted.split(".", 1)
+    tp = typing.get_type_hints(SECTIONS[section])[name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    inner = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+    return inner is str or typing.get_origin(inner) is Literal
+
+
+def _is_optional(dotted: str) -> bool:
+    section, name = dotted.split(".", 1)
+    return type(None) in typing.get_args(typing.get_type_hints(SECTIONS[section])[name])
+
+
+def parse_value(dotted: str, text: str) -> Any:
+    """The value of `--set KEY=TEXT`.
+
+    For string-typed keys (`data.path`, `train.out_dir`, `train.device`, the choice keys) the
+    value is the raw text: `data.path=exp #2` is the folder `exp #2`. Leading or trailing
+    spaces, surrounding quotes and an empty value are refused (naming the key) rather than
+    guessed at; for the optional paths (`data.path`, `data.cache_dir`) an empty value or
+    `null` means unset. Every other key takes exactly one plain YAML scalar (`1`, `0.05`,
+    `5e-5`, `true`, `null`); anything else, comments included, is kept as text and then
+    refused by the key's type check.
+    """
+    check_key(dotted)
+    if not is_string_key(dotted):
+        return parse_plain_scalar(text)
+    if _is_optional(dotted) and text in ("", "null", "~"):
+        return None
+    if text == "":
+        raise ConfigError(f"{dotted}: empty value")
+    if text != text.strip():
+        raise ConfigError(f"{dotted}: leading or trailing spaces in {shown(text)}; the text "
+                          "after '=' is taken literally")
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        raise ConfigError(f"{dotted}: {shown(text)} is quoted; the text after '=' is taken "
+                          "literally, so drop the quotes")
+    return text
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` from `--set`: the key is checked, the value read by `parse_value`."""
+    if "=" not in text:
+        raise ConfigError(f"--set {shown(text)}: expected KEY=VALUE, e.g. model.dilation=1")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {shown(text)}: empty key")
+    return key, parse_value(key, value)
+
+
+def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Repeated `--set KEY=VALUE` options as one dotted mapping (later ones win)."""
+    return dict(parse_assignment(a) for a in assignments)
+
+
+def flatten_mapping(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested and dotted keys to dotted keys only: {'train': {'lr': 1}} -> {'train.lr': 1}."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, "
+                          f"got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{prefix}{shown(key)}: keys must be strings")
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted in SECTIONS:
+            out.update(flatten_mapping(value, dotted + "."))
+        elif isinstance(value, Mapping) and "." not in dotted:
+            raise ConfigError(f"{clip(dotted)}: unknown section (expected one of "
+                              f"{', '.join(SECTIONS)})")
+        else:
+            out[dotted] = value
+    return out
+
+
+def check_key(dotted: str, where: str = "") -> None:
+    """Raise if `dotted` is not a config key; `where` prefixes the name in the message."""
+    if dotted in config_keys():
+        return
+    if dotted in RETIRED_KEYS:
+        raise ConfigError(f"{where}{dotted}: {RETIRED_KEYS[dotted]}")
+    section = dotted.split(".", 1)[0]
+    close = difflib.get_close_matches(dotted[:100], config_keys(), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    if section not in SECTIONS:
+        raise ConfigError(f"{where}{clip(dotted)}: unknown key; keys start with "
+                          f"{', '.join(s + '.' for s in SECTIONS)}{hint}")
+    raise ConfigError(f"{where}{clip(dotted)}: unknown key{hint}")
+
+
+def coerce_value(dotted: str, value: Any, where: str = "") -> Any:
+    """Check `value` against the field's type and bounds; return it (ints widened to float)."""
+    check_key(dotted, where)
+    section, name = dotted.split(".", 1)
+    fld = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[name]
+    hints = typing.get_type_hints(SECTIONS[section])
+    value = _check_type(f"{where}{dotted}", value, hints[name])
+    _check_bounds(f"{where}{dotted}", value, fld.metadata)
+    if dotted == "train.device" and not DEVICE_RE.fullmatch(value):
+        raise ConfigError(f"{where}{dotted}: expected auto, cpu, mps, cuda, cuda:N, xpu or "
+                          f"xpu:N, got {shown(value)}")
+    return value
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0])
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or not isinstance(value, str):
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, "
+                              f"got {shown(value)}")
+        return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        choices = [m.value for m in tp]
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return tp(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {shown(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {shown(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {shown(value)}")
+        if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ConfigError(f"{key}: expected a non-empty string without line breaks or "
+                              f"control characters, got {shown(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _check_bounds(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if value is None or isinstance(value, (str, bool)):
+        return
+    lo, gt, hi = meta.get("min"), meta.get("gt"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: must be >= {lo}, got {shown(value)}")
+    if gt is not None and value <= gt:
+        raise ConfigError(f"{key}: must be > {gt}, got {shown(value)}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: must be <= {hi}, got {shown(value)}")
+
+
+def build_config(overrides: Mapping[str, Any] | None = None, *,
+                 base: RunConfig | None = None, where: str = "") -> RunConfig:
+    """A RunConfig from `base` (default: all defaults) and nested or dotted overrides.
+
+    `overrides`: {"train.lr": 0.05} or {"train": {"lr": 0.05}}; values are type-checked
+    strictly (a bool is not an int) and bounded. Raises ConfigError naming the dotted key for
+    an unknown key (with the closest known one), a wrong type or an impossible value."""
+    base = base or RunConfig()
+    flat = flatten_mapping(overrides or {})
+    sections = base.to_dict()
+    for dotted, value in flat.items():
+        value = coerce_value(dotted, value, where)
+        section, name = dotted.split(".", 1)
+        sections[section][name] = value
+    return RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+
+
+def load_config(path: str | None, assignments: list[str] | tuple[str, ...] = (),
+                preset: Mapping[str, Any] | None = None) -> RunConfig:
+    """The CLI's way in: a YAML file, a preset's overrides, then `--set KEY=VALUE` in order."""
+    cfg = RunConfig()
+    if path is not None:
+        cfg = build_config(read_yaml_mapping(path), base=cfg)
+    if preset:
+        cfg = build_config(preset, base=cfg)
+    return build_config(parse_assignments(assignments), base=cfg)

@@ -1,0 +1,1 @@
+"""Data: decoded datasets and their cache, the seed's augmentation, and per-epoch loaders."""

@@ -1,0 +1,1 @@
+"""Optuna searches over the training recipe: spec, objective and pruning, study, report."""

@@ -1,0 +1,270 @@
+"""Search specs: the space, objective(s), sampler and pruner of an Optuna search, validated.
+
+Trials tune on the validation split, never on the test set: a `test_*` objective is refused
+and `data.val_size` must be positive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cifarnet.ablation.spec import MAX_RUNS, SpecError, parse_header, resolve_spec_path
+from cifarnet.config.schema import (
+    RunConfig,
+    build_config,
+    check_key,
+    coerce_value,
+    flatten_mapping,
+    is_result_key,
+)
+from cifarnet.config.yamlio import read_yaml_mapping
+from cifarnet.errors import ConfigError, clip, shown
+
+SEARCH_KEYS = {"name", "description", "base", "space", "objective", "objectives", "n_trials",
+               "sampler", "pruner"}
+PARAM_TYPES = {"float": {"type", "low", "high", "log", "step"},
+               "int": {"type", "low", "high", "log", "step"},
+               "categorical": {"type", "choices"}}
+OBJECTIVE_METRICS = {"val_acc", "val_loss", "train_acc", "train_loss", "params", "macs"}
+SAMPLERS = {"tpe": {"type", "seed", "n_startup_trials", "multivariate"},
+            "random": {"type", "seed"}, "nsgaii": {"type", "seed", "population_size"}}
+PRUNERS = {"median": {"type", "n_startup_trials", "n_warmup_steps"},
+           "percentile": {"type", "percentile", "n_startup_trials", "n_warmup_steps"},
+           "hyperband": {"type", "min_resource", "reduction_factor"},
+           "threshold": {"type", "lower", "upper", "n_warmup_steps"}, "none": {"type"}}
+# (type, lowest, highest) of every sampler and pruner setting: what Optuna accepts
+# (numpy's RandomState takes seeds 0 .. 2**32 - 1; NSGA-II needs a population of 2 or more).
+SETTINGS: dict[str, tuple[type, float | None, float | None]] = {
+    "seed": (int, 0, 2**32 - 1), "n_startup_trials": (int, 0, None),
+    "multivariate": (bool, None, None), "population_size": (int, 2, None),
+    "n_warmup_steps": (int, 0, None), "percentile": (float, 0, 100),
+    "min_resource": (int, 1, None), "reduction_factor": (int, 2, None),
+    "lower": (float, None, None), "upper": (float, None, None)}
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    type: str
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    description: str
+    base: dict[str, Any]
+    space: list[Param]
+    objectives: list[Objective]
+    n_trials: int
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    def identity(self) -> str:
+        """sha256 of what decides the study's trials: the base run config's hash (defaults
+        filled in, so two ways of writing one config agree), the space, the objectives, the
+        sampler and the pruner. Not the name, the description or `n_trials` (a rerun may
+        ask for more trials). A study joins only a spec with the same identity."""
+        canon = {"base": self.base_config().hash(),
+                 "space": [dataclasses.asdict(p) for p in self.space],
+                 "objectives": [dataclasses.asdict(o) for o in self.objectives],
+                 "sampler": self.sampler, "pruner": self.pruner}
+        text = json.dumps(canon, sort_keys=True, separators=(",", ":"), default=list)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def base_config(self) -> RunConfig:
+        return build_config(self.base)
+
+    def with_base(self, overrides: Mapping[str, Any]) -> "SearchSpec":
+        merged = {**self.base, **flatten_mapping(overrides)}
+        for key in flatten_mapping(overrides):
+            if key in {p.key for p in self.space}:
+                raise SpecError(f"--set {key}: is searched over; it cannot be fixed")
+        spec = SearchSpec(self.name, self.description, merged, self.space, self.objectives,
+                          self.n_trials, self.sampler, self.pruner)
+        _check_base(spec.base, "--set ")
+        return spec
+
+
+def load_search_spec(path: str | Path) -> SearchSpec:
+    """Read and validate a search spec from a path or a shipped search's name."""
+    return parse_search_spec(read_yaml_mapping(resolve_spec_path(path, "searches")))
+
+
+def _check_base(base: Mapping[str, Any], where: str) -> RunConfig:
+    try:
+        cfg = build_config(base, where=where)
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    if cfg.data.val_size <= 0:
+        raise SpecError(f"{where}data.val_size: trials tune on a validation split carved from "
+                        "the training set; set it > 0 (e.g. 5000)")
+    return cfg
+
+
+def parse_search_spec(raw: Mapping[str, Any]) -> SearchSpec:
+    name, description, base = parse_header(raw, SEARCH_KEYS)
+    space = _parse_space(raw.get("space"))
+    for p in space:
+        if p.key in base:
+            raise SpecError(f"base.{p.key}: is also searched over; set it in one place only")
+    _check_base(base, "base.")
+    objectives = _parse_objectives(raw)
+    n_trials = raw.get("n_trials", 20)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or not (
+            1 <= n_trials <= MAX_RUNS):
+        raise SpecError(f"n_trials: expected an integer from 1 to {MAX_RUNS:,}, "
+                        f"got {shown(n_trials)}")
+    sampler = _parse_choice(raw.get("sampler", {"type": "nsgaii" if len(objectives) > 1
+                                                else "tpe"}), "sampler", SAMPLERS)
+    pruner = _parse_choice(raw.get("pruner", {"type": "none"}), "pruner", PRUNERS)
+    if len(objectives) > 1 and pruner["type"] != "none":
+        raise SpecError("pruner: Optuna cannot prune multi-objective searches; use type: none")
+    return SearchSpec(name, str(description), base, space, objectives, n_trials, sampler,
+                      pruner)
+
+
+def _parse_space(raw: Any) -> list[Param]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpecError("space: expected a non-empty mapping of config key -> distribution")
+    out = []
+    for key, dist in raw.items():
+        if not isinstance(key, str):
+            raise SpecError(f"space.{shown(key)}: keys must be strings")
+        where = f"space.{clip(key)}"
+        try:
+            check_key(key, "space.")
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+        if key == "train.seed":
+            raise SpecError(f"{where}: the seed is not a hyperparameter")
+        if not is_result_key(key):
+            raise SpecError(f"{where}: cannot change a result (it is left out of a run's "
+                            "identity); set it in base")
+        if not isinstance(dist, Mapping) or dist.get("type") not in PARAM_TYPES:
+            raise SpecError(f"{where}.type: expected one of {', '.join(PARAM_TYPES)}")
+        extra = sorted(set(dist) - PARAM_TYPES[dist["type"]])
+        if extra:
+            raise SpecError(f"{where}.{extra[0]}: unknown key for a {dist['type']} parameter")
+        out.append(_parse_param(key, dist, where))
+    return out
+
+
+def _parse_param(key: str, dist: Mapping[str, Any], where: str) -> Param:
+    kind = dist["type"]
+    if kind == "categorical":
+        choices = dist.get("choices")
+        if not isinstance(choices, list) or len(choices) < 2:
+            raise SpecError(f"{where}.choices: expected a list of at least two values")
+        try:
+            values = tuple(coerce_value(key, c, "space.") for c in choices)
+        except ConfigError as exc:
+            raise SpecError(f"{where}.choices: {exc}") from None
+        if len(set(map(repr, values))) != len(values):
+            raise SpecError(f"{where}.choices: duplicate values")
+        return Param(key, kind, choices=values)
+    low, high = dist.get("low"), dist.get("high")
+    for bound, value in (("low", low), ("high", high)):
+        number_ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not number_ok or not math.isfinite(value):
+            raise SpecError(f"{where}.{bound}: expected a finite {kind}, got {shown(value)}")
+        try:
+            coerce_value(key, value, f"{where}.{bound}: ")
+        except ConfigError as exc:
+            raise SpecError(f"{where}.{bound}: {exc}") from None
+    if low >= high:
+        raise SpecError(f"{where}: low ({low}) must be below high ({high})")
+    log = dist.get("log", False)
+    if not isinstance(log, bool):
+        raise SpecError(f"{where}.log: expected true or false")
+    if log and low <= 0:
+        raise SpecError(f"{where}.low: a log-scale range needs low > 0, got {low}")
+    step = dist.get("step")
+    step_types = int if kind == "int" else (int, float)
+    if step is not None and (log or isinstance(step, bool) or not isinstance(step, step_types)
+                             or not math.isfinite(step) or step <= 0 or step > high - low):
+        raise SpecError(f"{where}.step: expected a positive {kind} no larger than high - low "
+                        f"(and no log scale), got {shown(step)}")
+    return Param(key, kind, low, high, log, step)
+
+
+def _parse_objectives(raw: Mapping[str, Any]) -> list[Objective]:
+    if ("objective" in raw) == ("objectives" in raw):
+        raise SpecError("objective: give exactly one of `objective` (a mapping) or "
+                        "`objectives` (a list of two, for a Pareto front)")
+    items = [raw["objective"]] if "objective" in raw else raw["objectives"]
+    key = "objective" if "objective" in raw else "objectives"
+    if not isinstance(items, list) or not items:
+        raise SpecError(f"{key}: expected a non-empty list")
+    out = []
+    for i, item in enumerate(items):
+        where = key if key == "objective" else f"{key}[{i}]"
+        if not isinstance(item, Mapping) or set(item) - {"metric", "direction"}:
+            raise SpecError(f"{where}: expected {{metric: ..., direction: ...}}")
+        metric, direction = item.get("metric"), item.get("direction")
+        if isinstance(metric, str) and metric.startswith("test_"):
+            raise SpecError(f"{where}.metric: {clip(metric)} would tune on the test set; use the "
+                            "validation split (val_acc, val_loss)")
+        if not isinstance(metric, str) or metric not in OBJECTIVE_METRICS:
+            raise SpecError(f"{where}.metric: expected one of "
+                            f"{', '.join(sorted(OBJECTIVE_METRICS))}, got {shown(metric)}")
+        if not isinstance(direction, str) or direction not in ("maximize", "minimize"):
+            raise SpecError(f"{where}.direction: expected maximize or minimize, "
+                            f"got {shown(direction)}")
+        out.append(Objective(metric, direction))
+    if out[0].metric in ("params", "macs"):
+        raise SpecError(f"{key}: the first objective must be a training metric (val_acc, ...)")
+    if len(out) > 2 or any(o.metric not in ("params", "macs") for o in out[1:]):
+        raise SpecError(f"{key}: a second objective must be params or macs")
+    return out
+
+
+def _parse_choice(raw: Any, where: str, kinds: dict[str, set[str]]) -> dict[str, Any]:
+    """A sampler or pruner: a known type, known settings, each of the type and range that
+    Optuna accepts (`SETTINGS`), so a bad one is refused before a study is created."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("type"), str) or (
+            raw["type"] not in kinds):
+        raise SpecError(f"{where}.type: expected one of {', '.join(kinds)}")
+    extra = sorted(map(str, set(raw) - kinds[raw["type"]]))
+    if extra:
+        raise SpecError(f"{where}.{clip(extra[0])}: unknown key for {where} {raw['type']}")
+    out: dict[str, Any] = {"type": raw["type"]}
+    for k, v in raw.items():
+        if k == "type":
+            continue
+        tp, lo, hi = SETTINGS[k]
+        ok = isinstance(v, bool) if tp is bool else (
+            not isinstance(v, bool) and isinstance(v, (int, float) if tp is float else int))
+        if not ok or (tp is float and not math.isfinite(v)):
+            kind = {bool: "true or false", int: "an integer", float: "a finite number"}[tp]
+            raise SpecError(f"{where}.{k}: expected {kind}, got {shown(v)}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            span = f"from {lo:,} to {hi:,}" if hi is not None else f">= {lo:,}"
+            raise SpecError(f"{where}.{k}: expected {span}, got {shown(v)}")
+        out[k] = float(v) if tp is float else v
+    if out["type"] == "threshold":
+        if "lower" not in out and "upper" not in out:
+            raise SpecError(f"{where}: a threshold pruner needs lower or upper")
+        if "lower" in out and "upper" in out and out["lower"] >= out["upper"]:
+            raise SpecError(f"{where}.upper: must be above lower ({out['lower']})")
+    return out

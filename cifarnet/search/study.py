@@ -1,0 +1,412 @@
+"""Optuna searches over the training recipe, tracked in MLflow, resumable and distributed.
+
+Each trial trains on the training split and reports its objective (a validation metric)
+every epoch, so the pruner can stop it early. A diverged or crashed trial is recorded as FAIL
+and the search goes on. Every worker running the same spec against the same storage joins
+the same study; the study stops growing when it holds `n_trials` trials (or this invocation
+has added `--n-trials` more). When the study is complete, the best trial's configuration is
+retrained on the full training set (validation split folded back in) and evaluated once on
+the test set: that figure is reported separately and never fed back into the search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from cifarnet.ablation.spec import SpecError
+from cifarnet.errors import UserError
+from cifarnet.config.schema import RunConfig
+from cifarnet.data.datasets import Dataset, load_data
+from cifarnet.model.cifarnet import CifarNet, count_params
+from cifarnet.model.summary import summarize
+from cifarnet.queue.jobs import PARENT_ATTR, Heartbeat, StudyAttr, make_storage, open_study
+from cifarnet.queue.retry import retry_setup
+from cifarnet.search.spec import SearchSpec
+from cifarnet.tracking.runs import fail_stale_run, tracked_run
+from cifarnet.tracking.store import (
+    SEARCH_ROLES,
+    MlflowRunCallback,
+    check_experiment_kind,
+    get_or_create_experiment,
+    setup_mlflow,
+    shared_parent_run,
+)
+from cifarnet.tracking.tags import (
+    TAG_HASH,
+    TAG_OPTUNA_STATE,
+    TAG_OPTUNA_STUDY,
+    TAG_OPTUNA_TRIAL_NUMBER,
+    TAG_ROLE,
+    TAG_SPEC,
+    Role,
+)
+from cifarnet.training.callbacks import Callback, RunContext, StopTraining
+from cifarnet.training.loop import default_run_dir, train
+from cifarnet.training.status import RunStatus
+from cifarnet.workspace import Workspace
+
+_log = logging.getLogger(__name__)
+FINAL_ATTR = "final_test_run"
+SPEC_ATTR = "spec_identity"
+
+
+class TrialFailed(Exception):
+    """A trial that diverged or crashed: Optuna records it as FAIL and goes on."""
+
+
+class OptunaPruning(Callback):
+    """Reports the objective each epoch; stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def on_epoch_end(self, ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
+        try:
+            self.trial.report(metrics[self.metric], epoch)
+        except UpdateFinishedTrialError:  # another worker failed it as stale, and retries it
+            raise StopTraining(RunStatus.STALE, f"trial {self.trial.number} was ended by "
+                               "another worker (late heartbeats); it runs again as a retry")
+        if self.trial.should_prune():
+            raise StopTraining("pruned", f"pruned after epoch {epoch}")
+
+
+def make_sampler(cfg: dict[str, Any], salt: tuple[int, ...] = ()) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. A `seed` is combined with `salt` (the trials the study already
+    holds, the local worker's index): with the seed alone every process drew the same first
+    points, so two workers, or a resumed search, tried the same parameters again."""
+    args = {k: v for k, v in cfg.items() if k != "type"}
+    if args.get("seed") is not None and salt:
+        digest = hashlib.sha256(repr((args["seed"], *salt)).encode()).digest()
+        args["seed"] = int.from_bytes(digest[:4], "big")
+    return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+            "nsgaii": optuna.samplers.NSGAIISampler}[cfg["type"]](**args)
+
+
+def worker_index() -> int:
+    """This process's index among the local workers of `--workers` (0 otherwise), set by
+    the supervisor in CIFARNET_WORKER_INDEX."""
+    try:
+        return int(os.environ.get("CIFARNET_WORKER_INDEX", "0"))
+    except ValueError:
+        return 0
+
+
+def make_pruner(cfg: dict[str, Any]) -> optuna.pruners.BasePruner:
+    args = {k: v for k, v in cfg.items() if k != "type"}
+    return {"median": optuna.pruners.MedianPruner,
+            "percentile": optuna.pruners.PercentilePruner,
+            "hyperband": optuna.pruners.HyperbandPruner,
+            "threshold": optuna.pruners.ThresholdPruner,
+            "none": optuna.pruners.NopPruner}[cfg["type"]](**args)
+
+
+def suggest(trial: optuna.Trial, spec: SearchSpec) -> dict[str, Any]:
+    """The trial's values for the search space (the only place `suggest_*` is called)."""
+    out: dict[str, Any] = {}
+    for p in spec.space:
+        if p.type == "float":
+            out[p.key] = trial.suggest_float(p.key, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            out[p.key] = trial.suggest_int(p.key, p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            out[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+    return out
+
+
+@dataclass
+class SearchOutcome:
+    study_name: str
+    parent_run_id: str
+    trials: dict[str, int]
+    best: list[dict[str, Any]]
+    final: dict[str, Any] | None
+
+
+def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | None = None,
+               n_trials: int | None = None, until: int | None = None,
+               data: Dataset | None = None,
+               pruner: optuna.pruners.BasePruner | None = None,
+               callbacks: Callable[[int], list[Callback]] | None = None,
+               final: bool = True, heartbeat_interval: int = 10,
+               grace_period: int = 30,
+               study_callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
+               ) -> SearchOutcome:
+    """Join (or start) the spec's study and add trials until it is complete.
+
+    `callbacks(number)`: training callbacks for trial `number` (-1: the final retraining);
+    `study_callbacks`: Optuna callbacks called after every trial (a progress display).
+
+    `storage_url` defaults to the workspace's; `n_trials` adds that many trials now instead
+    of filling the study up to the spec's `n_trials`, `until` fills it up to that many
+    counted trials (`counted_trials`; one of the two, or neither); `final` retrains the best
+    configuration on train + validation and tests it once when the study is complete
+    (single objective).
+    A trial whose worker stopped sending heartbeats (every `heartbeat_interval` s) for
+    `grace_period` s is failed, its MLflow run ended FAILED (`stale`), and run again with the
+    same parameters; so is a trial interrupted by a signal.
+    """
+    base = spec.base_config()
+    data = data if data is not None else load_data(base.data)
+    storage = retry_setup(lambda: make_storage(storage_url or workspace.storage_url,
+                                               heartbeat_interval, grace_period,
+                                               on_stale=_retry_trial))
+    directions = [o.direction for o in spec.objectives]
+    study, created = open_study(f"search.{spec.name}", storage, directions=directions,
+                                sampler=make_sampler(spec.sampler),
+                                pruner=pruner or make_pruner(spec.pruner))
+    check_identity(study, spec)  # before anything is written to MLflow
+    study.sampler = make_sampler(spec.sampler, salt=(len(study.trials), worker_index()))
+    client = retry_setup(lambda: setup_mlflow(workspace))
+    try:
+        check_experiment_kind(client, spec.name, SEARCH_ROLES)
+    except UserError:
+        if created:  # refused: the study made a moment ago goes too
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+        raise
+    experiment_id = retry_setup(lambda: get_or_create_experiment(client, workspace, spec.name,
+                                                                   group_by=None))
+    study.set_user_attr("data_label", data.label)
+    parent = shared_parent_run(client, experiment_id, StudyAttr(study, PARENT_ATTR), created,
+                               f"{spec.name} (study)",
+                               {TAG_ROLE: Role.STUDY, TAG_SPEC: spec.name,
+                                TAG_OPTUNA_STUDY: study.study_name},
+                               {"search.yaml": _spec_dict(spec)})
+    _recover_stale(study, client)
+    target = (until if until is not None else spec.n_trials if n_trials is None
+              else len(counted_trials(study)) + n_trials)
+    objective = _Objective(spec, base, data, client, experiment_id, parent, callbacks)
+
+    try:
+        while len(counted_trials(study)) < target:
+            trial = _run_trial(study, storage, objective)
+            for callback in study_callbacks or []:
+                callback(study, trial)
+    except KeyboardInterrupt:
+        client.set_terminated(parent, "KILLED")  # the next run reopens it
+        raise
+    counts = {s.name: 0 for s in TrialState}
+    for t in study.trials:
+        counts[t.state.name] += 1
+    final_run = None
+    if final and not spec.multi and counts["RUNNING"] == 0 and counts["COMPLETE"]:
+        final_run = _final_test(spec, base, data, study, client, experiment_id, parent,
+                                objective.callbacks(-1))
+    if counts["RUNNING"] == 0 and counts["WAITING"] == 0:
+        client.set_terminated(parent, "FINISHED")
+    best = [{"number": t.number, "values": t.values, "params": t.params}
+            for t in (study.best_trials if spec.multi else
+                      ([study.best_trial] if counts["COMPLETE"] else []))]
+    return SearchOutcome(study.study_name, parent, counts, best, final_run)
+
+
+RETRY_OF = "retry_of"
+SUPERSEDED = "superseded"  # tag value of TAG_OPTUNA_STATE: another worker ended the trial
+
+
+def _run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
+               objective: "_Objective") -> FrozenTrial:
+    """Ask for a trial, train it with heartbeats, tell its outcome; the trial as stored.
+
+    Optuna's ask-and-tell interface (its documented alternative to `Study.optimize`), told
+    with `skip_if_finished=True`: when another worker has failed this trial as stale while it
+    trained here (its heartbeats were late: a suspended machine, a stopped process that was
+    resumed), that is an outcome, not a crash (`Study.optimize` raises "Cannot tell a FAIL
+    trial"): the other worker has enqueued it again, and this trial's MLflow run is tagged
+    `optuna.state = superseded`. A trial interrupted by a signal is told FAIL (the objective
+    has enqueued it again) and the KeyboardInterrupt goes on."""
+    _recover_stale(study, objective.client)
+    with warnings.catch_warnings():  # "heartbeat ... supposed to be used with optimize": the
+        warnings.simplefilter("ignore", UserWarning)  # heartbeat is sent here, as there
+        trial = study.ask()
+    state, value = TrialState.FAIL, None
+    try:
+        with Heartbeat(storage, trial._trial_id):
+            value = objective(trial)
+        state = TrialState.COMPLETE
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except TrialFailed as exc:
+        _log.warning("%s", exc)
+    finally:
+        taken = storage.get_trial(trial._trial_id).state.is_finished()
+        told = study.tell(trial, value, state=state, skip_if_finished=True)
+    if taken:
+        objective.superseded(trial.number)
+    return told
+
+
+def _retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue an interrupted trial again with the same parameters: it is run before any new
+    trial, and the interrupted one no longer counts towards `n_trials`."""
+    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+
+
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials that count towards `n_trials`: not waiting, and not an interrupted trial
+    that was enqueued again."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    return [t for t in trials if t.number not in retried and t.state != TrialState.WAITING]
+
+
+def count_trials(study_name: str, storage: optuna.storages.BaseStorage) -> int:
+    """`counted_trials` of the study `study_name`; 0 when there is no such study yet."""
+    try:
+        return len(counted_trials(optuna.load_study(study_name=study_name, storage=storage)))
+    except KeyError:  # no study yet
+        return 0
+
+
+def _recover_stale(study: optuna.Study, client: Any) -> None:
+    """Fail the trials whose worker stopped sending heartbeats (past the grace period; each
+    is enqueued again by `_retry_trial`), and end their MLflow runs FAILED (status `stale`)."""
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    for t in trials:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if t.number in retried and run_id and client.get_run(run_id).info.status == "RUNNING":
+            fail_stale_run(client, run_id)
+
+
+def check_identity(study: optuna.Study, spec: SearchSpec) -> None:
+    """Join the study only if it was started from the same spec (`SearchSpec.identity`):
+    the first worker records the identity on the study; a rerun whose spec differs (space,
+    base config, objectives, sampler or pruner) is refused before it adds a trial. A study
+    from before identities were recorded is adopted as it is."""
+    ident = spec.identity()
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        study.set_user_attr(SPEC_ATTR, ident)
+    elif stored != ident:
+        raise SpecError(f"name: study {study.study_name} was started from a different spec "
+                        f"(identity {stored[:10]}, this spec {ident[:10]}: its base, space, "
+                        "objectives, sampler or pruner changed); give the spec a new name, or "
+                        "delete the study with `optuna delete-study --study-name "
+                        f"{study.study_name} --storage URL`")
+
+
+def _spec_dict(spec: SearchSpec) -> dict[str, Any]:
+    return {"name": spec.name, "description": spec.description, "base": spec.base,
+            "space": [p.__dict__ for p in spec.space],
+            "objectives": [o.__dict__ for o in spec.objectives], "n_trials": spec.n_trials,
+            "sampler": spec.sampler, "pruner": spec.pruner}
+
+
+class _Objective:
+    def __init__(self, spec: SearchSpec, base: RunConfig, data: Dataset, client: Any,
+                 experiment_id: str, parent: str,
+                 callbacks: Callable[[int], list[Callback]] | None) -> None:
+        self.spec, self.base, self.data, self.client = spec, base, data, client
+        self.experiment_id, self.parent = experiment_id, parent
+        self.callbacks = callbacks or (lambda number: [])
+        self.run_ids: dict[int, str] = {}  # trial number -> its MLflow run
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        cfg = self.base.replace(suggest(trial, self.spec))
+        tags = {TAG_ROLE: Role.TRIAL, TAG_SPEC: self.spec.name,
+                TAG_OPTUNA_TRIAL_NUMBER: str(trial.number), TAG_HASH: cfg.hash()}
+        try:
+            with tracked_run(self.client, self.experiment_id, f"trial {trial.number}", tags,
+                             parent_run_id=self.parent) as run:
+                trial.set_user_attr("mlflow_run_id", run.run_id)
+                self.run_ids[trial.number] = run.run_id
+                try:
+                    result = train(cfg, self._callbacks(trial, run.run_id), data=self.data,
+                                   run_dir=default_run_dir(cfg))
+                    state = _trial_state(result.status)
+                except BaseException:
+                    state = "FAIL"
+                    raise
+                finally:
+                    self.client.set_tag(run.run_id, TAG_OPTUNA_STATE, state)
+                # a pruned trial trained as far as it should: FINISHED in MLflow
+                run.end_as("FINISHED" if state == "PRUNED" else RunStatus(result.status))
+        except KeyboardInterrupt:
+            _retry_trial(trial.study, trial)  # the next run takes it first
+            raise
+        except Exception as exc:
+            raise TrialFailed(f"trial {trial.number} crashed: {exc}") from exc
+        if state == "PRUNED":
+            raise optuna.TrialPruned(result.reason)
+        if state == "FAIL":
+            raise TrialFailed(f"trial {trial.number} {result.status}: {result.reason}")
+        values = [_objective_value(o.metric, result.final, cfg) for o in self.spec.objectives]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def superseded(self, number: int) -> None:
+        """Trial `number` was ended by another worker while it trained here."""
+        run_id = self.run_ids.get(number)
+        if run_id:
+            self.client.set_tag(run_id, TAG_OPTUNA_STATE, SUPERSEDED)
+
+    def _callbacks(self, trial: optuna.Trial, run_id: str) -> list[Callback]:
+        cbs = [MlflowRunCallback(run_id), *self.callbacks(trial.number)]
+        if not self.spec.multi:
+            cbs.append(OptunaPruning(trial, self.spec.objectives[0].metric))
+        return cbs
+
+
+def _trial_state(status: str) -> str:
+    """The Optuna state a trainer status is recorded as (tag `optuna.state`)."""
+    return {RunStatus.FINISHED: "COMPLETE", RunStatus.PRUNED: "PRUNED"}.get(status, "FAIL")
+
+
+def _objective_value(metric: str, final: dict[str, float], cfg: RunConfig) -> float:
+    if metric == "params":
+        return float(count_params(CifarNet(cfg.model)))
+    if metric == "macs":
+        return float(summarize(cfg.model).total_macs)
+    value = final[metric]
+    if not math.isfinite(value):
+        raise TrialFailed(f"{metric} is not finite")
+    return value
+
+
+def final_data(base: RunConfig) -> dict[str, Any]:
+    """The data overrides of the held-out test's retraining: the validation split folded
+    back in, as many images as the trials trained and validated on together. The trials'
+    `data.train_subset` counts the images left after the validation split; with the split
+    gone, the same subset size alone retrained on the trials' training images only (1,000
+    of 6,000 with `train_subset` 1,000 and `val_size` 5,000), under the label "retrained on
+    train + validation"."""
+    d = base.data
+    out: dict[str, Any] = {"data.val_size": 0}
+    if d.train_subset is not None:
+        out["data.train_subset"] = d.train_subset + d.val_size
+    return out
+
+
+def _final_test(spec: SearchSpec, base: RunConfig, data: Dataset, study: optuna.Study,
+                client: Any, experiment_id: str, parent: str,
+                callbacks: list[Callback]) -> dict[str, Any]:
+    """Retrain the best configuration on train + validation and test it once."""
+    best = study.best_trial
+    done = study.user_attrs.get(FINAL_ATTR)
+    if done and done.get("trial") == best.number:
+        return done
+    cfg = base.replace({**best.params, **final_data(base)})
+    full = load_data(cfg.data)
+    tags = {TAG_ROLE: Role.FINAL, TAG_SPEC: spec.name, TAG_OPTUNA_TRIAL_NUMBER: str(best.number)}
+    with tracked_run(client, experiment_id, f"final: best trial {best.number}", tags,
+                     parent_run_id=parent) as run:
+        result = train(cfg, [MlflowRunCallback(run.run_id), *callbacks], data=full,
+                       run_dir=default_run_dir(cfg))
+        run.end_as(RunStatus(result.status))
+    record = {"trial": best.number, "run_id": run.run_id, "status": result.status,
+              "test_acc": result.final.get("test_acc"), "params": best.params,
+              "val_objective": best.value}
+    study.set_user_attr(FINAL_ATTR, record)
+    return record

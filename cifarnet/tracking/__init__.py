@@ -1,0 +1,1 @@
+"""MLflow tracking: the store and its tag schema, tracked runs, and reading runs back."""

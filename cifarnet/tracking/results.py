@@ -1,0 +1,172 @@
+"""Reading an ablation's runs back from MLflow as a pandas DataFrame (public API).
+
+    from cifarnet.tracking.results import load_runs
+    runs = load_runs("dilation_add")      # one row per child run of the latest grid
+
+Both functions read the store of a `Workspace` (default: the working directory's, as the CLI
+resolves it).
+
+Columns: run_id, status, cell, seed, config_hash, every logged param as `params.<key>`, every
+final metric as `metrics.<name>`, and `history` (test accuracy per epoch) when asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from cifarnet.ablation.spec import AblationSpec, parse_spec, resolve_spec_path
+from cifarnet.config.yamlio import safe_load
+from cifarnet.errors import UserError
+from cifarnet.queue.retry import retry_setup
+from cifarnet.tracking.store import setup_mlflow, store_exists
+from cifarnet.tracking.tags import (
+    TAG_CELL,
+    TAG_DATA,
+    TAG_GRID,
+    TAG_HASH,
+    TAG_ROLE,
+    TAG_SEED,
+    Role,
+)
+from cifarnet.workspace import Workspace
+
+from cifarnet.tracking.urls import masked
+
+MLFLOW_PARENT = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """An experiment's latest grid parent run, with the spec it ran (as logged, overrides
+    included)."""
+
+    spec: AblationSpec
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    workspace: Workspace
+    # what the grid trained on (tag cifarnet.data_fingerprint); empty for older grids
+    data_fingerprints: frozenset[str] = frozenset()
+    grid_id: str = ""  # tag cifarnet.grid: base config, factors and data
+    grids: int = 1  # grids (parent runs) the experiment holds
+    start_time: int = 0  # ms since the epoch
+
+    def identity_line(self) -> str:
+        """What a report reports, in one line: grid id, parent run, start (UTC), and how
+        to pick another grid of the experiment when it holds several."""
+        import datetime as dt
+
+        start = dt.datetime.fromtimestamp(self.start_time / 1000, dt.timezone.utc)
+        line = (f"{self.experiment}: grid {self.grid_id[:12] or '(untagged)'}, parent run "
+                f"{self.parent_run_id}, started {start:%Y-%m-%d %H:%M} UTC")
+        if self.grids > 1:
+            line += (f"; the experiment holds {self.grids} grids (the newest is shown unless "
+                     "--grid ID names another)")
+        return line
+
+
+def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
+                    run_id: str | None = None, grid: str | None = None) -> ParentRun:
+    """The latest grid parent run of an experiment (or the one with id `run_id`, or the
+    latest of the grid whose id starts with `grid`), the experiment named directly or
+    through its spec file.
+
+    Raises UserError when the store has no such experiment, it has no grid parent run, or
+    no grid matches `grid`."""
+    import mlflow
+
+    workspace = workspace or Workspace.resolve()
+    if workspace.local_tracking and not store_exists(workspace):
+        raise UserError(f"{spec_or_experiment}: no experiment of that name (no store at "
+                        f"{workspace.local_root}; run a grid first, or set "
+                        "MLFLOW_TRACKING_URI)")  # opening it would create it
+    client = setup_mlflow(workspace)
+    name = spec_or_experiment
+    try:
+        from cifarnet.ablation.spec import load_spec
+
+        name = load_spec(resolve_spec_path(spec_or_experiment)).name
+    except UserError:
+        pass
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise UserError(f"{spec_or_experiment}: no experiment of that name in "
+                        f"{masked(workspace.tracking_uri)}")
+    flt = f"tags.`{TAG_ROLE}` = '{Role.PARENT}'"
+    parents = client.search_runs([exp.experiment_id], flt,
+                                 order_by=["attributes.start_time DESC"], max_results=1000)
+    if not parents:
+        raise UserError(f"{name}: the experiment has no ablation parent run")
+    grids = {p.data.tags.get(TAG_GRID, p.info.run_id) for p in parents}
+    if run_id:
+        parents = [p for p in parents if p.info.run_id == run_id]
+    if grid:
+        parents = [p for p in parents if p.data.tags.get(TAG_GRID, "").startswith(grid)]
+        if not parents:
+            raise UserError(f"--grid: no grid of experiment {name} has an id starting with "
+                            f"{grid!r} (its grids: "
+                            f"{', '.join(sorted(g[:12] for g in grids))})")
+    if not parents:
+        raise UserError(f"{name}: the experiment has no parent run {run_id}")
+    parent = parents[0]
+    raw = safe_load(retry_setup(  # MLflow's fluent API: not our retrying client
+        lambda: mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/spec.yaml")))
+    fps = frozenset(filter(None, parent.data.tags.get(TAG_DATA, "").split(",")))
+    return ParentRun(parse_spec(raw), name, exp.experiment_id, parent.info.run_id, workspace,
+                     fps, parent.data.tags.get(TAG_GRID, ""), len(grids),
+                     parent.info.start_time)
+
+
+def load_runs(spec_or_experiment: str | ParentRun, with_history: bool = False,
+              workspace: Workspace | None = None) -> pd.DataFrame:
+    """The runs of a grid, one row each (columns: see the module docstring); an empty frame
+    with the key columns when the grid has none. `with_history` adds the per-epoch test (and
+    validation) accuracy, one MLflow query per run.
+
+    A grid's runs are its parent's children, and, for each of its jobs that another grid of
+    the experiment already finished (the runner skips those as "already done"), that
+    FINISHED run: the report covers exactly the jobs the grid counted as done."""
+    import mlflow
+
+    grid = spec_or_experiment if isinstance(spec_or_experiment, ParentRun) else (
+        find_parent_run(spec_or_experiment, workspace))
+    df = retry_setup(lambda: mlflow.search_runs(  # the fluent API: not our retrying client
+        experiment_ids=[grid.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{Role.CHILD}'",
+        max_results=50_000))
+    if not df.empty:
+        jobs = {j.config_hash for j in grid.spec.jobs()}
+        mine = df[f"tags.{MLFLOW_PARENT}"] == grid.parent_run_id
+        reused = (df["status"] == "FINISHED") & df[f"tags.{TAG_HASH}"].isin(jobs) & ~mine
+        if f"tags.{TAG_DATA}" in df.columns:  # only runs trained on this grid's data
+            reused &= df[f"tags.{TAG_DATA}"].isin(grid.data_fingerprints)
+        reused &= ~df[f"tags.{TAG_HASH}"].isin(
+            set(df.loc[mine & (df["status"] == "FINISHED"), f"tags.{TAG_HASH}"]))
+        df = df[mine | reused].sort_values("start_time")
+        done = df["status"] == "FINISHED"
+        latest = ~df[done].duplicated(subset=[f"tags.{TAG_HASH}"], keep="last")
+        df = pd.concat([df[~done], df[done][latest]])  # one FINISHED run per job
+    if df.empty:
+        return pd.DataFrame(columns=["run_id", "status", "cell", "seed", "config_hash"])
+    df = df.rename(columns={f"tags.{TAG_CELL}": "cell", f"tags.{TAG_HASH}": "config_hash"})
+    df["seed"] = df[f"tags.{TAG_SEED}"].astype(int)
+    if with_history:
+        from cifarnet.tracking.client import mlflow_client
+
+        client = mlflow_client(grid.workspace.tracking_uri)
+        df["history"] = [_history(client, rid) for rid in df["run_id"]]
+    keep = ["run_id", "status", "cell", "seed", "config_hash", "start_time", "end_time"]
+    rest = [c for c in df.columns if c.startswith(("params.", "metrics.", "tags."))]
+    extra = ["history"] if with_history else []
+    return df[keep + extra + rest].sort_values(["cell", "seed"]).reset_index(drop=True)
+
+
+def _history(client: Any, run_id: str) -> dict[str, list[float]]:
+    out = {}
+    for metric in ("test_acc", "val_acc"):
+        points = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+        if points:
+            out[metric] = [m.value for m in points]
+    return out

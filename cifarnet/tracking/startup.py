@@ -1,0 +1,128 @@
+"""Start-up of the shared stores, once, under a lock: any number of workers may start at the
+same moment against a new or existing store.
+
+A store (MLflow's tracking database, Optuna's storage) is created and migrated on its first
+use; two processes doing that at once race (MLflow's SQLite migrations fail with "Online
+migration expected to match one row", "duplicate column name: step" or a
+CircularDependencyError; table creation on PostgreSQL with "already exists"). `store_lock`
+serialises that first use: a file lock (the `filelock` library) beside a SQLite file, a
+session-level advisory lock (`pg_advisory_lock`) on PostgreSQL. The first worker through
+creates the tables; the others find them and only check them. Other stores (an MLflow
+server over HTTP, which initialises its own database) need no lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from cifarnet.errors import StoreError
+from cifarnet.tracking.urls import is_postgres, masked, scrubbed, sqlite_path
+
+LOCK_TIMEOUT_S = 300.0
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for `pg_advisory_lock`, from a lock name."""
+    return int.from_bytes(hashlib.sha256(f"cifarnet.{name}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
+@contextmanager
+def store_lock(url: str, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the start-up lock of the store at `url` (`name` tells stores sharing one
+    PostgreSQL database apart: "mlflow", "optuna").
+
+    SQLite: `<file>.lock` beside the database file (its folder is created; the lock file is
+    group-writable, so users of one group can share the store). PostgreSQL: an
+    advisory lock on a connection of its own, released when the block ends (or the process
+    dies). Anything else: no lock. Raises StoreError when the lock is not had within
+    `timeout_s` seconds, when the lock file cannot be made or opened (another user's store,
+    a read-only disk), or the PostgreSQL server cannot be reached.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        from filelock import FileLock, Timeout
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # group-writable: users of one group who share a store share its lock
+            lock = FileLock(f"{path}.lock", timeout=timeout_s, mode=0o664)
+            lock.acquire()
+        except Timeout:
+            raise StoreError(f"{masked(url)}: the start-up lock {path}.lock was held for more "
+                             f"than {timeout_s:.0f} s; is another worker stuck?") from None
+        except OSError as exc:  # a folder or lock file of another user, a read-only disk
+            raise StoreError(f"{masked(url)}: cannot take the start-up lock {path}.lock "
+                             f"({exc.strerror or exc}); users who share a store need write "
+                             "access to its folder and files (one group: chmod -R g+w)"
+                             ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+    elif is_postgres(url):
+        with _advisory_lock(url, advisory_key(name), timeout_s):
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def _advisory_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        try:
+            conn = engine.connect()
+        except Exception as exc:
+            raise StoreError(f"{masked(url)}: cannot open ({type(exc).__name__}: "
+                             f"{_first_line(scrubbed(str(exc), url))})") from None
+        with conn:
+            deadline = time.monotonic() + timeout_s
+            while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{masked(url)}: the start-up lock (advisory lock {key}) "
+                                     f"was held for more than {timeout_s:.0f} s")
+                time.sleep(0.1)
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:200]
+
+
+def init_tracking_store(uri: str) -> None:
+    """Create or migrate the MLflow tracking store at `uri` once, under its start-up lock.
+
+    The first use of a database store makes MLflow create its tables, run its migrations and
+    add the Default experiment (`SqlAlchemyStore.__init__`); here that first use is a
+    `MlflowClient(uri).search_experiments(max_results=1)` inside `store_lock(uri, "mlflow")`.
+    A store that is not a database (an HTTP server) is left alone. Raises StoreError when the
+    store cannot be opened (its URL masked)."""
+    from cifarnet.queue.retry import retry_startup
+
+    if sqlite_path(uri) is None and not is_postgres(uri):
+        return
+    from mlflow import MlflowClient
+
+    try:
+        with store_lock(uri, "mlflow"):
+            retry_startup(lambda: MlflowClient(uri).search_experiments(max_results=1))
+    except StoreError as exc:
+        raise StoreError(f"MLflow tracking store {exc}") from None
+    except Exception as exc:
+        raise StoreError(f"MLflow tracking store {masked(uri)}: cannot open "
+                         f"({type(exc).__name__}: {_first_line(scrubbed(str(exc), uri))})"
+                         ) from None

@@ -1,0 +1,39 @@
+"""The tag schema of cifarnet-exp's MLflow runs: every tag name the package writes or reads.
+
+Tags are the contract between the runs a grid or search writes and everything that reads them
+back (resume, reports, the MLflow UI); spelling one by hand elsewhere is a bug.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+TAG_ROLE = "cifarnet.role"
+TAG_SPEC = "cifarnet.spec"
+TAG_HASH = "cifarnet.config_hash"
+TAG_CELL = "cifarnet.cell"
+TAG_SEED = "cifarnet.seed"
+TAG_REASON = "cifarnet.failure_reason"
+TAG_STATUS = "cifarnet.status"
+TAG_TRIAL = "cifarnet.queue_trial"
+TAG_GRID = "cifarnet.grid"
+# the content fingerprint of the data set a run trained on (a parent: of all its grid's)
+TAG_DATA = "cifarnet.data_fingerprint"
+TAG_PRECISION = "cifarnet.precision"  # the resolved train.precision: fp32 or bf16
+TAG_RESUMED_FROM = "cifarnet.resumed_from"  # the interrupted run whose checkpoint it continued
+TAG_PREDICTED = "cifarnet.predicted"  # a grid's predicted cost before it started (one line)
+METRIC_PREDICTED = "predicted_wall_s"  # the same, seconds, on the grid's parent run
+TAG_NOTE = "mlflow.note.content"
+TAG_OPTUNA_STATE = "optuna.state"
+TAG_OPTUNA_TRIAL_NUMBER = "optuna.trial_number"
+TAG_OPTUNA_STUDY = "optuna.study"
+
+
+class Role(StrEnum):
+    """What a run is (tag `cifarnet.role`)."""
+
+    PARENT = "parent"  # an ablation grid
+    CHILD = "child"  # one cell and seed of a grid
+    STUDY = "study"  # an Optuna search
+    TRIAL = "trial"  # one trial of a search
+    FINAL = "final"  # a search's held-out test of its best configuration

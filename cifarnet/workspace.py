@@ -1,0 +1,60 @@
+"""Where a command keeps its state: resolved once by the CLI and passed down, so no module
+reads the working directory or the environment on its own.
+
+The default layout of a folder that cifarnet-exp runs in:
+  mlruns/mlflow.db       MLflow's SQLite store (unless MLFLOW_TRACKING_URI is set)
+  mlruns/artifacts/      its artifacts, one folder per experiment
+  mlruns/optuna.db       the work queue and studies (unless --storage / CIFARNET_STORAGE)
+  experiments/           specs looked up by relative path or shipped name
+  reports/               `report` and `search-report` output
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Absolute locations of a command's stores and folders."""
+
+    root: Path
+    tracking_uri: str
+    storage_url: str
+    specs_dir: Path
+    reports_dir: Path
+
+    @classmethod
+    def resolve(cls, root: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> "Workspace":
+        """The workspace of folder `root` (default: the working directory). The tracking URI
+        is `MLFLOW_TRACKING_URI` when set, else SQLite at `<root>/mlruns/mlflow.db`; the
+        storage is `CIFARNET_STORAGE` when set, else SQLite at `<root>/mlruns/optuna.db`."""
+        env = os.environ if environ is None else environ
+        root = (root or Path.cwd()).resolve()
+        local = root / "mlruns"
+        return cls(root=root,
+                   tracking_uri=(env.get("MLFLOW_TRACKING_URI")
+                                 or f"sqlite:///{local / 'mlflow.db'}"),
+                   storage_url=env.get("CIFARNET_STORAGE") or f"sqlite:///{local / 'optuna.db'}",
+                   specs_dir=root / "experiments", reports_dir=root / "reports")
+
+    @property
+    def local_root(self) -> Path:
+        """The folder of the embedded stores (`<root>/mlruns`)."""
+        return self.root / "mlruns"
+
+    @property
+    def local_tracking(self) -> bool:
+        """True when MLflow's store is the embedded SQLite file under `local_root`."""
+        return self.tracking_uri == f"sqlite:///{self.local_root / 'mlflow.db'}"
+
+    def artifact_location(self, experiment: str) -> str | None:
+        """Where a new experiment keeps its artifacts: under `mlruns/artifacts/<name>` for the
+        embedded store; None (the server decides) for any other store."""
+        if not self.local_tracking:
+            return None
+        return (self.local_root / "artifacts" / experiment).as_uri()

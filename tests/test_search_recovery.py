@@ -1,0 +1,66 @@
+"""A search stopped by a signal or by kill -9 is finished by the next run: the interrupted
+trial is run again with the same parameters, nothing stays RUNNING, the final test runs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import EXE, make_tree, search_spec, study_of, trial_runs, write
+
+
+def _start(spec: Path, folder: Path) -> subprocess.Popen:
+    return subprocess.Popen([EXE, "search", str(spec), "--heartbeat", "1", "--grace", "7"],
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _running_trial(folder: Path) -> bool:
+    try:
+        return any(t.state.name == "RUNNING" for t in study_of(folder).trials)
+    except Exception:  # the study does not exist yet
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_interrupted_search_is_finished_by_the_rerun(tmp_path_factory, tmp_path, sig) -> None:
+    tree = make_tree(tmp_path_factory.mktemp("srch") / "data", per_class_train=100,
+                     per_class_test=10)
+    spec = write(tmp_path, search_spec(tree, tmp_path, n_trials=2,
+                                       base={"data": {"path": str(tree), "num_workers": 0,
+                                                      "val_size": 40},
+                                             "train": {"epochs": 3, "batch_size": 32,
+                                                       "device": "cpu",
+                                                       "out_dir": str(tmp_path / "runs")}}))
+    proc = _start(spec, tmp_path)
+    deadline = time.monotonic() + 300
+    while not _running_trial(tmp_path):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, out
+        assert out.strip().splitlines()[-1].startswith("interrupted:")
+    else:
+        time.sleep(7.5)  # past the grace period
+    interrupted = study_of(tmp_path).trials[0]
+
+    rerun = _start(spec, tmp_path)
+    out, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, out
+    trials = study_of(tmp_path).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == interrupted.number]
+    assert len(retry) == 1 and retry[0].params == interrupted.params
+    runs, df = trial_runs(tmp_path)
+    assert "RUNNING" not in set(df["status"])
+    first = runs[runs["tags.optuna.trial_number"] == str(interrupted.number)]
+    assert first["status"].item() == ("KILLED" if sig == signal.SIGTERM else "FAILED")
+    assert len(df[df["tags.cifarnet.role"] == "final"]) == 1
+    assert "held-out test" in out

@@ -1,0 +1,195 @@
+"""Stores in the states users leave them: a deleted experiment, a grid whose parent run is
+gone or was never recorded, values past the store's limits."""
+
+from __future__ import annotations
+
+import mlflow
+import optuna
+import pytest
+from click.testing import CliRunner
+from helpers import children, runs_df, write_spec
+
+from cifarnet.cli.main import main
+from cifarnet.tracking.store import shared_parent_run
+
+
+def _run(spec, *extra):
+    return CliRunner().invoke(main, ["run", str(spec), *extra])
+
+
+@pytest.mark.slow
+def test_a_deleted_experiment_is_refused_with_the_restore_command(tiny_tree, tmp_path,
+                                                                   monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, tiny_tree, seeds=[0])
+    assert _run(spec).exit_code == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    client.delete_experiment(exp.experiment_id)
+    r = _run(spec)
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: name: the MLflow experiment 'tiny' was deleted; restore it with `mlflow "
+        f"experiments restore --experiment-id {exp.experiment_id}` (same MLFLOW_TRACKING_URI), "
+        f"or rename the spec")
+
+
+@pytest.mark.slow
+def test_a_grid_whose_parent_run_was_deleted_gets_a_new_one(tiny_tree, tmp_path,
+                                                            monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, tiny_tree, seeds=[0])
+    assert _run(spec).exit_code == 0
+    df = runs_df(tmp_path)
+    old_parent = df[df["tags.cifarnet.role"] == "parent"]["run_id"].item()
+    mlflow.MlflowClient().delete_run(old_parent)
+    spec2 = write_spec(tmp_path, tiny_tree, seeds=[0, 1])  # same grid, one more seed
+    r = _run(spec2)
+    assert r.exit_code == 0, r.output
+    df = runs_df(tmp_path)
+    parents = df[df["tags.cifarnet.role"] == "parent"]
+    assert len(parents) == 1 and parents["run_id"].item() != old_parent
+    assert parents["status"].item() == "FINISHED"
+    assert len(children(df)) == 4
+
+
+class _Slot:
+    def __init__(self, value=None) -> None:
+        self.value = value
+
+    def get(self):
+        return self.value
+
+    def set(self, value) -> None:
+        self.value = value
+
+
+def test_a_study_without_a_parent_id_gets_a_parent_instead_of_failing(tmp_path) -> None:
+    """The creator died between creating the study and recording the parent run's id."""
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("e")
+    slot = _Slot()
+    parent = shared_parent_run(client, exp, slot, False, "grid", {"k": "v"}, {}, wait_s=0.2)
+    assert slot.value == parent and client.get_run(parent).data.tags["k"] == "v"
+    # the next worker joins that parent
+    assert shared_parent_run(client, exp, slot, False, "grid", {}, {}, wait_s=0.2) == parent
+
+
+@pytest.mark.slow
+def test_values_past_the_store_limits_are_refused_before_any_write(tiny_tree, tmp_path,
+                                                                  monkeypatch) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, tiny_tree, seeds=[0])
+    raw = yaml.safe_load(spec.read_text())
+    raw["description"] = "x" * 9240
+    spec.write_text(yaml.safe_dump(raw))
+    r = _run(spec)
+    assert r.exit_code == 2
+    assert r.output.strip() == ("error: description: at most 5,000 characters (it is stored as "
+                                "an MLflow tag), got 9,240")
+    assert not (tmp_path / "mlruns").exists()
+    # shortened, the grid runs at once (no study was left behind to wait on)
+    raw["description"] = "short"
+    spec.write_text(yaml.safe_dump(raw))
+    r = _run(spec)
+    assert r.exit_code == 0, r.output
+    assert optuna.study.get_all_study_names(
+        f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+
+
+@pytest.mark.slow
+def test_a_grid_reports_the_jobs_another_grid_already_finished(tiny_tree, tmp_path,
+                                                               monkeypatch) -> None:
+    """Grid C adds a factor to grid A: A's runs count as done for C ("already done") and so
+    are C's results too; and `run` analyses its own grid, not the experiment's newest."""
+    from cifarnet.tracking.results import find_parent_run, load_runs
+    from cifarnet.workspace import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    a = write_spec(tmp_path, tiny_tree, seeds=[0], factors={"model.residual_add": [True, False]})
+    assert _run(a).exit_code == 0
+    c = write_spec(tmp_path, tiny_tree, seeds=[0], factors={
+        "model.residual_add": [True, False], "model.dilation": [2, 1]})
+    r = _run(c)
+    assert r.exit_code == 0 and "2 already done" in r.output, r.output
+    ws = Workspace.resolve(tmp_path)
+    runs = load_runs("tiny", workspace=ws)  # the newest grid: C
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    assert runs["config_hash"].nunique() == 4
+    parents = runs_df(tmp_path).query("`tags.cifarnet.role` == 'parent'")
+    first = parents.sort_values("start_time")["run_id"].iloc[0]
+    assert len(load_runs(find_parent_run("tiny", ws, run_id=first))) == 2
+
+
+def test_store_limits_name_the_key() -> None:
+    import pytest
+
+    from cifarnet.errors import UserError
+    from cifarnet.tracking.limits import check_store_limits
+
+    check_store_limits("e", {"description": "x" * 8000}, [{"data.path": "p" * 6000}])
+    with pytest.raises(UserError, match=r"^data.path: a value of 6,001 characters; an MLflow "
+                                        r"param holds at most 6,000$"):
+        check_store_limits("e", {}, [{"data.path": "p" * 6001}])
+    with pytest.raises(UserError, match=r"^factors: 8,001 characters; an MLflow tag holds at "
+                                        r"most 8,000$"):
+        check_store_limits("e", {"factors": "f" * 8001}, [])
+    with pytest.raises(UserError, match=r"^name: 501 characters"):
+        check_store_limits("n" * 501, {}, [])
+
+
+def _artifact_files(folder) -> dict[str, int]:
+    """Artifact file -> its modification time (ns)."""
+    root = folder / "mlruns" / "artifacts"
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns
+            for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["copied", "moved"])
+def test_a_copied_or_moved_store_is_refused_until_relocated(tiny_tree, tmp_path, monkeypatch,
+                                                            how) -> None:
+    """The embedded store records absolute artifact locations: a copy would write its new
+    checkpoints and reports into the original, a moved one into nowhere. Refused (exit 2,
+    nothing written) until `relocate-store`; then everything lands in the new folder."""
+    import shutil
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    spec = write_spec(first, tiny_tree, seeds=[0])
+    assert _run(spec).exit_code == 0
+    before = _artifact_files(first)
+    (shutil.copytree if how == "copied" else shutil.move)(first, second)
+    monkeypatch.chdir(second)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # mlflow.set_tracking_uri exported first's
+    spec2 = write_spec(second, tiny_tree, seeds=[0, 1])  # one more seed
+    db = second / "mlruns" / "mlflow.db"
+    stamp = db.read_bytes()
+    for args in (["run", str(spec2)], ["report", "tiny"], ["ui", "--port", "5999"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.strip() == (
+            f"error: MLFLOW_TRACKING_URI: this mlruns/ store was copied or moved from "
+            f"{first / 'mlruns'} (experiment 'tiny' keeps its artifacts there, where new "
+            "checkpoints and reports would go); run `cifarnet-exp relocate-store` in this "
+            "folder first")
+    assert db.read_bytes() == stamp  # nothing written
+    r = CliRunner().invoke(main, ["relocate-store"])
+    assert r.exit_code == 0, r.output
+    assert r.output == (f"relocated {first / 'mlruns'} -> {second / 'mlruns'} "
+                               "(1 experiments, 3 runs, 0 logged_models)\n")
+    assert CliRunner().invoke(main, ["relocate-store"]).output.startswith("nothing to relocate")
+    assert _run(spec2).exit_code == 0
+    assert CliRunner().invoke(main, ["report", "tiny"]).exit_code == 0
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    for run in client.search_runs([client.get_experiment_by_name("tiny").experiment_id]):
+        assert run.info.artifact_uri.startswith((second / "mlruns").as_uri() + "/")
+    after = _artifact_files(second)
+    changed = {f for f, t in after.items() if before.get(f) != t}
+    assert any("/artifacts/report/" in f for f in changed), sorted(changed)  # rewritten here
+    assert any("/artifacts/checkpoint/" in f for f in set(after) - set(before)), changed
+    if how == "copied":
+        assert _artifact_files(first) == before  # the original is untouched

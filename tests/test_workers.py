@@ -1,0 +1,154 @@
+"""`run --workers N`: N processes on one queue, started, shown and stopped together."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+from helpers import EXE, children, runs_df, search_spec, study_of, trial_runs, write, write_spec
+
+from cifarnet.cli.workers import worker_env
+
+
+def test_threads_are_split_so_that_workers_times_threads_fit_the_cores() -> None:
+    envs = [worker_env(i, 2, 2, 0, {"PATH": "/bin"}) for i in range(2)]
+    assert [e["OMP_NUM_THREADS"] for e in envs] == ["1", "1"]
+    assert all("CUDA_VISIBLE_DEVICES" not in e and e["PATH"] == "/bin" for e in envs)
+    assert worker_env(0, 3, 16, 0, {})["OMP_NUM_THREADS"] == "5"
+    assert worker_env(0, 4, 2, 0, {})["OMP_NUM_THREADS"] == "1"  # never 0
+    assert [worker_env(i, 3, 16, 2, {})["CUDA_VISIBLE_DEVICES"] for i in range(3)] == [
+        "0", "1", "0"]  # round-robin, several workers per device
+
+
+def _wait_until_two_run(proc: subprocess.Popen, runs) -> None:
+    """Wait (at most 300 s, while `proc` lives) until `runs()`, a DataFrame of MLflow runs,
+    holds two RUNNING: both workers train."""
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if (runs()["status"] == "RUNNING").sum() == 2:
+                return
+        except Exception:  # no store or no run yet
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+
+
+def _spans(kids) -> list[tuple[float, float]]:
+    return sorted(zip(kids["start_time"].astype("int64"), kids["end_time"].astype("int64")))
+
+
+@pytest.mark.slow
+def test_two_workers_run_each_job_once_side_by_side(tiny_tree, tmp_path) -> None:
+    spec = write_spec(tmp_path, tiny_tree, epochs=2)  # 2 cells x 2 seeds
+    r = subprocess.run([EXE, "run", str(spec), "--workers", "2"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    kids = children(runs_df(tmp_path))
+    assert len(kids) == 4 and set(kids["status"]) == {"FINISHED"}
+    assert kids["tags.cifarnet.config_hash"].nunique() == 4  # each job once
+    spans = _spans(kids)
+    assert any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))  # at once
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("tiny: 4 run(s) finished here by 2 workers, 0 already done, "
+                           "0 failed; parent run ")
+    assert "H" in r.stdout  # the verdict table of the spec's hypothesis
+    parent = runs_df(tmp_path).query("`tags.cifarnet.role` == 'parent'").iloc[0]
+    assert "with --workers 2 on this machine" in parent["tags.cifarnet.predicted"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "times"), [(signal.SIGTERM, 1), (signal.SIGINT, 1),
+                                            (signal.SIGINT, 2), (signal.SIGTERM, 2)],
+                         ids=["sigterm", "ctrl-c", "ctrl-c-twice", "sigterm-twice"])
+def test_one_signal_stops_every_worker_cleanly(tiny_tree, tmp_path, sig, times) -> None:
+    """One signal: every worker's run ends KILLED at its next batch; a second one at once
+    (it hung the supervisor, or ended it `Aborted!` exit 1, when it raised inside a lock)."""
+    spec = write_spec(tmp_path, tiny_tree, epochs=30)
+    proc = subprocess.Popen([EXE, "run", str(spec), "--workers", "2"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_until_two_run(proc, lambda: children(runs_df(tmp_path)))
+    for _ in range(times):
+        proc.send_signal(sig)
+        time.sleep(0.3)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: 2 workers stopped (a run in progress ends KILLED); rerun to continue")
+    kids = children(runs_df(tmp_path))
+    assert set(kids["status"]) == {"KILLED"} and len(kids) == 2
+    ps = subprocess.run(["pgrep", "-f", f"cifarnet run {spec}"], capture_output=True,
+                        text=True)
+    assert ps.stdout == ""  # no worker left behind
+
+
+@pytest.mark.slow
+def test_two_search_workers_share_one_study_and_test_the_best_once(tiny_tree, tmp_path) -> None:
+    """`search --workers 2 --n-trials 3`: 3 trials in all (not 3 per worker, at most one over:
+    each worker checks the count before it starts a trial), trained side by side, each its
+    own MLflow run; the best configuration is retrained and tested once, after both ended."""
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=10))
+    r = subprocess.run([EXE, "search", str(spec), "--workers", "2", "--n-trials", "3"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    study = study_of(tmp_path)
+    assert 3 <= len(study.trials) <= 4
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    # each worker's sampler is seeded apart: with the spec's seed alone both drew the same
+    # first point, and two trials trained one configuration
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == len(study.trials)
+    trials, df = trial_runs(tmp_path)
+    assert len(trials) == len(study.trials) and set(trials["status"]) == {"FINISHED"}
+    spans = _spans(trials)
+    assert any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))  # at once
+    finals = df[df["tags.cifarnet.role"] == "final"]
+    assert len(finals) == 1 and finals["status"].item() == "FINISHED"
+    assert f"best trial {study.best_trial.number}:" in r.stdout
+    assert "held-out test of the best configuration" in r.stdout
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_stops_every_search_worker(tiny_tree, tmp_path) -> None:
+    """A Ctrl-C ends each worker's trial (its MLflow run KILLED, the trial enqueued again
+    with the same parameters, so a rerun continues the same study) and no process is left."""
+    long = search_spec(tiny_tree, tmp_path, n_trials=4)
+    long["base"]["train"]["epochs"] = 30
+    spec = write(tmp_path, long)
+    proc = subprocess.Popen([EXE, "search", str(spec), "--workers", "2"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_until_two_run(proc, lambda: trial_runs(tmp_path)[0])
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert err.strip().splitlines()[-1] == ("interrupted: 2 workers stopped (a trial in "
+                                            "progress ends KILLED); rerun to continue the same "
+                                            "study")
+    trials, _ = trial_runs(tmp_path)
+    assert sorted(trials["status"]) == ["KILLED", "KILLED"]
+    study = study_of(tmp_path)
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(waiting) == 2  # enqueued again: the rerun takes them first
+    ps = subprocess.run(["pgrep", "-f", f"cifarnet search {spec}"], capture_output=True,
+                        text=True)
+    assert ps.stdout == ""
+
+
+def test_an_event_to_a_dead_supervisor_is_dropped(monkeypatch) -> None:
+    """A supervisor killed with -9 closes the workers' pipe: the write raised BrokenPipeError
+    inside the run, which recorded the trial FAIL and never ran it again."""
+    import sys
+
+    from cifarnet.cli import workers
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    workers.emit({"run": "trial 0", "epoch": 1, "epochs": 2})  # no exception
+    workers.emit({"run": "trial 0", "end": "killed"})
