@@ -58,7 +58,7 @@ from cifarnet.tracking.tags import (
     TAG_TRIAL,
     Role,
 )
-from cifarnet.training.callbacks import Callback, StopOnEvent
+from cifarnet.training.callbacks import Callback, StopEvent, StopOnEvent
 from cifarnet.training.checkpoint import OnBadCheckpoint
 from cifarnet.training.loop import default_run_dir, train
 from cifarnet.training.status import RunStatus
@@ -129,7 +129,7 @@ class GridContext:
     parent_run_id: str
     data: dict[tuple, Dataset]
     listener: GridListener
-    stop: threading.Event
+    stop: StopEvent
     outcome: Outcome
     reuse: bool = True  # copy a FINISHED run of the same job from another experiment
     parent_created: bool = False  # this worker started the grid (its parent run)
@@ -140,7 +140,7 @@ def run_spec(spec: AblationSpec, workspace: Workspace, *, storage_url: str | Non
              heartbeat_interval: int = 10, grace_period: int = 30,
              poll_interval: float = 2.0,
              data: dict[tuple, Dataset] | None = None,
-             stop: threading.Event | None = None, reuse: bool = True,
+             stop: StopEvent | None = None, reuse: bool = True,
              estimate: Callable[[], GridEstimate] | None = None) -> Outcome:
     """Work on the spec's queue until no job is waiting or running anywhere.
 
@@ -192,7 +192,7 @@ def check_grid_limits(spec: AblationSpec, jobs: list[Job]) -> None:
 
 def open_grid(spec: AblationSpec, workspace: Workspace, storage_url: str,
               heartbeat_interval: int, grace_period: int, data: dict[tuple, Dataset],
-              listener: GridListener, stop: threading.Event) -> GridContext:
+              listener: GridListener, stop: StopEvent) -> GridContext:
     """Open the queue's storage, then MLflow (so a bad --storage writes nothing), and join
     (or start) the grid's shared parent run."""
     storage = retry_setup(lambda: make_storage(storage_url, heartbeat_interval, grace_period))

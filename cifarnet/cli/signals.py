@@ -4,23 +4,56 @@ The first signal sets a stop event: the trainer's `StopOnEvent` callback turns i
 KeyboardInterrupt at the next batch boundary, the current run ends KILLED and the queue's claim
 is released; the command then exits 128 + the signal's number (130, 143, 129) with one line. A
 second signal stops at once.
+
+**A handler takes no lock.** Python runs a signal handler in the main thread between two
+bytecodes, possibly while that thread holds a lock; a handler that takes the same lock waits
+for itself forever. `threading.Event.set` takes the lock that `Event.wait` holds around its
+checks, so a handler that set an Event while the main thread waited on it deadlocked (seen:
+`run --workers 2` hung for good after a second SIGTERM, its workers already gone). The stop
+request is therefore a `StopFlag`: setting it is one attribute store, and waiting on it polls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
-import threading
+import time
 from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class StopFlag:
+    """An event a signal handler may set: the `is_set`/`set`/`wait` of `threading.Event`
+    without its lock (see the module's note). `wait` polls every `poll_s` seconds, so a
+    waiter sees a `set` within that time; any thread may wait."""
+
+    def __init__(self, poll_s: float = 0.05) -> None:
+        self._flag = False
+        self.poll_s = poll_s
+
+    def set(self) -> None:
+        self._flag = True  # one store: atomic under the GIL, no lock taken
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set; False when `timeout` seconds (None: no limit) passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._flag:
+            left = self.poll_s if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.poll_s, left))
+        return True
+
+
 class StopRequest:
-    """The stop event shared with the work, and the signal that set it."""
+    """The stop flag shared with the work, and the signal that set it."""
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event = StopFlag()
         self.signum: int | None = None
         self.received: list[int] = []  # every signal, in order (`record_signals`)
 

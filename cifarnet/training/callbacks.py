@@ -3,10 +3,9 @@ callbacks; the trainer imports none of them."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cifarnet.config.schema import RunConfig
 
@@ -88,11 +87,20 @@ class Callback:
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None: ...
 
 
+class StopEvent(Protocol):
+    """What the work reads of a stop request: `threading.Event`'s `is_set` and `wait`
+    (the CLI passes `cli.signals.StopFlag`, which a signal handler may set)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class StopOnEvent(Callback):
     """Turns a stop request (an event set from a signal handler) into KeyboardInterrupt at a
     batch boundary, where the trainer can end the run cleanly as `killed`."""
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: StopEvent) -> None:
         self.stop = stop
 
     def on_batch_end(self, ctx: RunContext, epoch: int, step: int, loss: "torch.Tensor") -> None:
