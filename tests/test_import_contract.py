@@ -17,6 +17,7 @@ RULES = [
     ("model/*.py", {"mlflow", "optuna"}),
     ("training/*.py", {"mlflow", "optuna"}),
     ("analysis/stats.py", {"torch", "torchvision", "mlflow", "optuna"}),
+    ("analysis/power.py", {"torch", "torchvision", "mlflow", "optuna"}),
     ("config/*.py", {"torch", "mlflow", "optuna"}),
 ]
 OPTUNA_HOMES = ("queue", "search")

@@ -230,6 +230,9 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
         check_storage_url(storage or workspace.storage_url)
         click.echo(_dry_run_table(spec, jobs))
         click.echo(_dry_run_estimate(spec, jobs, workers, workspace, reuse=not no_reuse))
+        for line in _dry_run_power(spec, workspace,
+                                   max_seeds if until_decided else len(spec.seeds)):
+            click.echo(line)
         click.echo("nothing was written (dry run)")
         return
     data = preload_data((j.config.data for j in jobs),
@@ -391,6 +394,30 @@ def _dry_run_estimate(spec: Any, jobs: list[Any], workers: int, workspace: Any,
     except UserError as exc:
         return f"predicted time: none (the data cannot be loaded here: {exc})"
     return _estimate(spec, jobs, data, workers, workspace, reuse).line()
+
+
+def _dry_run_power(spec: Any, workspace: Any, seeds: int) -> list[str]:
+    """One line per hypothesis: what `seeds` seeds (the spec's, or --max-seeds with
+    --until-decided) can detect and the seeds its rope
+    needs (`analysis.power`), with the spread of the store's earlier grids at this budget
+    (`tracking.spread`) or the documented default; read-only."""
+    from cifarnet.analysis.power import plan, plan_line, spread_of
+    from cifarnet.data.datasets import data_key, preload_data
+    from cifarnet.tracking.spread import budget_rows
+
+    if not spec.hypotheses:
+        return []
+    base = spec.base_config()
+    try:
+        fingerprint = preload_data([base.data])[data_key(base.data)].fingerprint
+    except UserError:
+        fingerprint = None
+    lines = ["power (80%, the verdict's 95% interval):"]
+    for h in spec.hypotheses:
+        spread = spread_of(budget_rows(workspace, base, h.metric, fingerprint))
+        lines.append("  " + plan_line(h.id, h.expect, h.metric, h.rope,
+                                      plan(h.expect, h.rope, seeds, spread)))
+    return lines
 
 
 def _estimate(spec: Any, jobs: list[Any], data: dict, workers: int, workspace: Any,

@@ -23,6 +23,7 @@ from cifarnet.errors import UserError
 from cifarnet.queue.retry import retry_setup
 from cifarnet.tracking.store import setup_mlflow, store_exists
 from cifarnet.tracking.tags import (
+    MLFLOW_PARENT,
     TAG_CELL,
     TAG_DATA,
     TAG_GRID,
@@ -35,7 +36,6 @@ from cifarnet.workspace import Workspace
 
 from cifarnet.tracking.urls import masked
 
-MLFLOW_PARENT = "mlflow.parentRunId"
 
 
 @dataclass(frozen=True)

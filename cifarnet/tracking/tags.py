@@ -24,6 +24,7 @@ TAG_RESUMED_FROM = "cifarnet.resumed_from"  # the interrupted run whose checkpoi
 TAG_PREDICTED = "cifarnet.predicted"  # a grid's predicted cost before it started (one line)
 METRIC_PREDICTED = "predicted_wall_s"  # the same, seconds, on the grid's parent run
 TAG_NOTE = "mlflow.note.content"
+MLFLOW_PARENT = "mlflow.parentRunId"  # a grid run's parent: the grid it belongs to
 TAG_OPTUNA_STATE = "optuna.state"
 TAG_OPTUNA_TRIAL_NUMBER = "optuna.trial_number"
 TAG_OPTUNA_STUDY = "optuna.study"
