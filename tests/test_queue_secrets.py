@@ -92,7 +92,7 @@ def test_a_tracking_store_that_cannot_be_opened_is_named_without_its_password(
     uri = f"postgresql://cifarnet:{SECRET}@127.0.0.1:1/mlflow"
     spec = str(write_spec(tmp_path, tiny_tree))
     ran = run(tmp_path, "run", spec, env={"MLFLOW_TRACKING_URI": uri})
-    ui = run(tmp_path, "ui", "--port", "1", env={"MLFLOW_TRACKING_URI": uri})
+    ui = run(tmp_path, "ui", "--port", "5998", env={"MLFLOW_TRACKING_URI": uri})
     for r in (ran, ui):
         assert r.returncode == 2, r.stderr
         assert "MLflow tracking store postgresql://cifarnet:***@127.0.0.1:1/mlflow: cannot " \

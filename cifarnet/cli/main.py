@@ -675,27 +675,68 @@ def ui_cmd(port: int) -> None:
     from cifarnet.tracking.store import experiment_links, setup_mlflow
     from cifarnet.tracking.urls import masked
 
+    from cifarnet.cli.logs import quiet_libraries
+
+    quiet_libraries()
     workspace = click.get_current_context().obj
+    check_port_free(port)
     setup_mlflow(workspace)
     uri = workspace.tracking_uri
     base = f"http://127.0.0.1:{port}"
-    click.echo(f"MLflow UI for {masked(uri)} at {base}", err=True)
-    for name, url in experiment_links(base):
-        click.echo(f"  {name}: {url}", err=True)
+    click.echo(f"starting the MLflow UI for {masked(uri)} ...", err=True)
     # the store's URI goes by environment, not argv, where `ps` would show its password
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
     with stop_on_signals() as request:
         server = subprocess.Popen(cmd, start_new_session=True,
                                   env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
+        ready = False
         try:
             while server.poll() is None and not request.event.wait(0.5):
-                pass
+                if not ready and server_answers(base):
+                    ready = True  # the address is printed once a browser would get a page
+                    click.echo(f"MLflow UI ready at {base}", err=True)
+                    for name, url in experiment_links(base):
+                        click.echo(f"  {name}: {url}", err=True)
         except KeyboardInterrupt:  # a second signal
             pass
         if server.poll() is None:
             _stop_group(server)
             interrupted(request, "the MLflow UI was stopped")
+    if not ready:
+        click.echo(f"error: the MLflow UI exited (code {server.returncode}) before it "
+                   f"answered at {base}", err=True)
+        sys.exit(1)
     sys.exit(server.returncode)
+
+
+def check_port_free(port: int) -> None:
+    """Refuse a --port another program listens on at 127.0.0.1 (UserError naming --port),
+    before anything starts: MLflow's server would otherwise print a traceback and exit."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"--port {port}: already in use on 127.0.0.1 (another "
+                                "program listens there); choose another port") from None
+            if exc.errno == errno.EACCES:
+                raise UserError(f"--port {port}: this user may not listen on it (ports "
+                                "below 1024 need privileges); choose another port") from None
+            raise
+
+
+def server_answers(base: str) -> bool:
+    """True when MLflow's server at `base` answers its health check (GET /health: 200)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def _stop_group(process: Any, timeout_s: float = 10.0) -> None:
