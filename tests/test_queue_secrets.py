@@ -46,6 +46,29 @@ def test_masked_hides_exactly_the_password() -> None:
                     f"postgresql://u:{SECRET}@h/db") == "failed: *** at postgresql://u:***@h/db"
 
 
+def test_every_form_of_a_password_is_masked_and_nothing_else() -> None:
+    """The kind: a password reaching a message in a form the masking missed, or the masking
+    eating ordinary text. Query-string and conninfo passwords were shown; a one-letter
+    password turned every 'a' of a message into ***."""
+    assert masked(f"postgresql://u@h:5432/db?password={SECRET}&sslmode=require") == \
+        "postgresql://u@h:5432/db?password=***&sslmode=require"
+    assert masked(f"mysql://u@h/db?passwd={SECRET}") == "mysql://u@h/db?passwd=***"
+    assert masked(f"postgresql://u@h/db?sslpassword={SECRET}") == \
+        "postgresql://u@h/db?sslpassword=***"
+    short = "postgresql://alice:a@h/alpha"
+    assert masked(short) == "postgresql://alice:***@h/alpha"
+    assert scrubbed("database alpha: role alice cannot connect", short) == \
+        "database alpha: role alice cannot connect"
+    assert scrubbed(f"bad conninfo: dbname=db user=u password={SECRET} host=h",
+                    "postgresql://u@h/db") == "bad conninfo: dbname=db user=u password=*** host=h"
+    assert scrubbed(f"at postgresql://u@h/db?password={SECRET}&x=1",
+                    f"postgresql://u@h/db?password={SECRET}&x=1") == \
+        "at postgresql://u@h/db?password=***&x=1"
+    # a password inside a longer word is not a token of it; standing alone it is masked
+    assert scrubbed("pass1234x and pass1234", "postgresql://u:pass1234@h/db") == \
+        "pass1234x and ***"
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_search_and_search_report_never_show_the_password(tiny_tree, tmp_path,
