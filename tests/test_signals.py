@@ -65,3 +65,31 @@ def test_flag_wait_returns_false_after_its_timeout_and_true_once_set(timeout) ->
     assert flag.wait(timeout) is False and not flag.is_set()
     flag.set()
     assert flag.is_set() and flag.wait(timeout) is True and flag.wait() is True
+
+
+# A signal that arrives after the command line is parsed but before the command installs
+# its own policy (here: while the workspace is resolved, the group's first step).
+EARLY = textwrap.dedent("""
+    import os, signal, sys
+    import cifarnet.workspace as w
+    from cifarnet.cli.main import main
+    resolve = w.Workspace.resolve.__func__
+    def signalled(cls):
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        return resolve(cls)
+    w.Workspace.resolve = classmethod(signalled)
+    main(["summary"], prog_name="cifarnet-exp")
+""")
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_while_starting_is_one_line_and_128_plus_its_number(tmp_path, name) -> None:
+    """Before: SIGINT gave click's blank line and `Aborted!` with exit 1, SIGTERM and SIGHUP
+    a silent death."""
+    import signal
+
+    done = subprocess.run([sys.executable, "-c", EARLY, name], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 128 + getattr(signal, name)
+    assert done.stderr == "interrupted: stopped while starting\n"
+    assert done.stdout == ""

@@ -54,9 +54,22 @@ class OneLineErrors(click.Group):
     blank line, the error)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        from cifarnet.cli.signals import Stopped, stop_while_starting
+
         kwargs.pop("standalone_mode", None)
+        # until a command installs its own signal policy, a signal stops the command where
+        # it is with one line and 128 + its number (click's "Aborted!" and exit 1 for
+        # SIGINT, a silent death for SIGTERM, before)
+        with stop_while_starting() as starting:
+            try:
+                code = self._main(*args, **kwargs)
+            except Stopped:
+                interrupted(starting, "stopped while starting")
+        sys.exit(code if isinstance(code, int) else 0)  # --help, --version: click's Exit
+
+    def _main(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:  # no command: the help, as asked
             click.echo(exc.ctx.get_help() if exc.ctx else "")
             sys.exit(0)
@@ -69,7 +82,6 @@ class OneLineErrors(click.Group):
         except click.Abort:  # Ctrl-C at a prompt
             click.echo("Aborted!", err=True)
             sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)  # --help, --version: click's Exit
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})

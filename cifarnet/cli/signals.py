@@ -106,6 +106,27 @@ def stop_at_once() -> Iterator[StopRequest]:
         yield request
 
 
+class Stopped(BaseException):
+    """Raised by the handler of `stop_while_starting`: a BaseException that is not a
+    KeyboardInterrupt, so that click passes it on untouched (it turns KeyboardInterrupt into
+    a blank line and `Aborted!`)."""
+
+
+@contextlib.contextmanager
+def stop_while_starting() -> Iterator[StopRequest]:
+    """The policy of the command line until a command installs its own (`main`'s): the first
+    signal raises `Stopped` where the process is, recorded in the request."""
+    request = StopRequest()
+
+    def handler(signum: int, frame: object) -> None:
+        request.signum = signum
+        request.event.set()
+        raise Stopped
+
+    with _handling(handler):
+        yield request
+
+
 @contextlib.contextmanager
 def record_signals() -> Iterator[StopRequest]:
     """The policy of a supervisor (`run --workers`): every signal is recorded in
