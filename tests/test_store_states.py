@@ -193,3 +193,16 @@ def test_a_copied_or_moved_store_is_refused_until_relocated(tiny_tree, tmp_path,
     assert any("/artifacts/checkpoint/" in f for f in set(after) - set(before)), changed
     if how == "copied":
         assert _artifact_files(first) == before  # the original is untouched
+
+
+def test_relocate_store_where_there_is_none_creates_nothing(tmp_path, monkeypatch) -> None:
+    """It said "nothing to relocate: the store's artifacts are already here" after creating
+    an empty store (and MLflow's INFO lines) in a folder that had none."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    r = CliRunner().invoke(main, ["relocate-store"])
+    assert r.exit_code == 2
+    assert r.output == (f"error: MLFLOW_TRACKING_URI: no tracking store at sqlite:///"
+                        f"{tmp_path / 'mlruns' / 'mlflow.db'}; run relocate-store in the folder "
+                        "the store was copied or moved to (the one holding mlruns/)\n")
+    assert list(tmp_path.iterdir()) == []

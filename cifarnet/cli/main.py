@@ -663,8 +663,15 @@ def relocate_store_cmd() -> None:
     one (experiments, runs, logged models; one transaction). The Optuna storage needs nothing.
     """
     from cifarnet.tracking.location import relocate
+    from cifarnet.tracking.store import store_exists
+    from cifarnet.tracking.urls import masked
 
-    done = relocate(click.get_current_context().obj)
+    workspace = click.get_current_context().obj
+    if not store_exists(workspace):  # opening it would create one
+        raise UserError(f"MLFLOW_TRACKING_URI: no tracking store at "
+                        f"{masked(workspace.tracking_uri)}; run relocate-store in the folder "
+                        "the store was copied or moved to (the one holding mlruns/)")
+    done = relocate(workspace)
     if not done:
         click.echo("nothing to relocate: the store's artifacts are already here")
     for r in done:
