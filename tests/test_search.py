@@ -229,6 +229,24 @@ def test_a_resumed_search_does_not_repeat_its_first_points(tiny_tree, tmp_path, 
     assert first.params != second.params
 
 
+def test_the_held_out_test_waits_for_the_complete_study(tiny_tree, tmp_path, monkeypatch):
+    """`search --n-trials 1` on a new 2-trial study ran the held-out test after one trial
+    (and the next invocation, with another best trial, a second look at the test set)."""
+    monkeypatch.chdir(tmp_path)
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=2))
+    r = CliRunner().invoke(main, ["search", str(spec), "--n-trials", "1"])
+    assert r.exit_code == 0, r.output
+    assert "held-out test: not yet; it runs once, when the study holds its n_trials " \
+           "(1 of 2 so far)" in r.output
+    _, df = trial_runs(tmp_path)
+    assert (df["tags.cifarnet.role"] == "final").sum() == 0
+    assert "final_test_run" not in study_of(tmp_path).user_attrs
+    r = CliRunner().invoke(main, ["search", str(spec), "--n-trials", "1"])
+    assert "held-out test of the best configuration" in r.output
+    _, df = trial_runs(tmp_path)
+    assert (df["tags.cifarnet.role"] == "final").sum() == 1
+
+
 def test_the_final_retraining_folds_the_validation_images_back_in(tiny_tree, tmp_path) -> None:
     """With `train_subset` 100 and `val_size` 40 the trials train on 100 and validate on 40:
     the held-out test's retraining, "on train + validation", trains on 140 (it trained on

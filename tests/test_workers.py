@@ -86,10 +86,11 @@ def test_one_signal_stops_every_worker_cleanly(tiny_tree, tmp_path, sig, times) 
 
 @pytest.mark.slow
 def test_two_search_workers_share_one_study_and_test_the_best_once(tiny_tree, tmp_path) -> None:
-    """`search --workers 2 --n-trials 3`: 3 trials in all (not 3 per worker, at most one over:
-    each worker checks the count before it starts a trial), trained side by side, each its
-    own MLflow run; the best configuration is retrained and tested once, after both ended."""
-    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=10))
+    """`search --workers 2 --n-trials 3` on a new 3-trial study: 3 trials in all (not 3 per
+    worker, at most one over: each worker checks the count before it starts a trial), trained
+    side by side, each its own MLflow run; the study is complete, so the best configuration
+    is retrained and tested once, after both ended."""
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=3))
     r = subprocess.run([EXE, "search", str(spec), "--workers", "2", "--n-trials", "3"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

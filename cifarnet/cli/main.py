@@ -565,6 +565,9 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     if out.final:
         click.echo(f"held-out test of the best configuration (trial {out.final['trial']}, "
                    f"retrained on train + validation): test_acc {out.final['test_acc']:.4f}")
+    elif not no_final and out.counted < out.n_trials:
+        click.echo(f"held-out test: not yet; it runs once, when the study holds its "
+                   f"n_trials ({out.counted} of {out.n_trials} so far)")
     click.echo(f"optuna-dashboard {masked(storage or workspace.storage_url)}")
 
 

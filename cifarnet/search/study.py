@@ -130,6 +130,8 @@ class SearchOutcome:
     trials: dict[str, int]
     best: list[dict[str, Any]]
     final: dict[str, Any] | None
+    counted: int = 0  # trials that count towards the spec's n_trials (`counted_trials`)
+    n_trials: int = 0  # the spec's: the study is complete, and tested once, at this many
 
 
 def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | None = None,
@@ -198,7 +200,12 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
     for t in study.trials:
         counts[t.state.name] += 1
     final_run = None
-    if final and not spec.multi and counts["RUNNING"] == 0 and counts["COMPLETE"]:
+    counted = len(counted_trials(study))
+    # the held-out test once the study is complete (the spec's n_trials): a look at the test
+    # set after `--n-trials 2` of a 40-trial study would be a second look later, with
+    # another best configuration
+    if (final and not spec.multi and counts["RUNNING"] == 0 and counts["COMPLETE"]
+            and counted >= spec.n_trials):
         final_run = _final_test(spec, base, data, study, client, experiment_id, parent,
                                 objective.callbacks(-1))
     if counts["RUNNING"] == 0 and counts["WAITING"] == 0:
@@ -206,7 +213,8 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
     best = [{"number": t.number, "values": t.values, "params": t.params}
             for t in (study.best_trials if spec.multi else
                       ([study.best_trial] if counts["COMPLETE"] else []))]
-    return SearchOutcome(study.study_name, parent, counts, best, final_run)
+    return SearchOutcome(study.study_name, parent, counts, best, final_run, counted,
+                         spec.n_trials)
 
 
 RETRY_OF = "retry_of"
