@@ -97,6 +97,7 @@ def grid_id(spec: AblationSpec, fingerprints: set[str] = frozenset()) -> str:
     study and parent run. `fingerprints`: the `Dataset.fingerprint` of every data set its
     jobs load (the config hash leaves the data folder out; its content is in here)."""
     text = json.dumps({"base": spec.base_config().hash(), "factors": spec.factors,
+                       **({"match": str(spec.match)} if spec.match else {}),
                        **({"data": sorted(fingerprints)} if fingerprints else {})},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -354,5 +355,6 @@ def _parent_run(queue: JobQueue, client: Any, experiment_id: str, spec: Ablation
          TAG_GRID: grid_id(spec, fingerprints), TAG_DATA: ",".join(sorted(fingerprints))},
         {"spec.yaml": {"name": spec.name, "description": spec.description, "base": spec.base,
                        "factors": spec.factors, "seeds": spec.seeds,
+                       **({"match": str(spec.match)} if spec.match else {}),
                        "hypotheses": [{**h.__dict__, "expect": str(h.expect)}
                                       for h in spec.hypotheses]}})

@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,7 +35,13 @@ MAX_DESCRIPTION = 5000  # an MLflow tag value (the parent run's note); 5,000 fit
 MAX_RUNS = 10_000  # cells x seeds of one grid; counted before anything is built
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_CLAIM = 500
-SPEC_KEYS = {"name", "description", "base", "factors", "seeds", "hypotheses"}
+SPEC_KEYS = {"name", "description", "base", "factors", "seeds", "hypotheses", "match"}
+
+
+class Match(StrEnum):
+    """What a spec holds equal across its cells (`match:`); see `cifarnet.model.match`."""
+
+    PARAMS = "params"  # model.width set per cell: parameters within 1% of the base config's
 HYPOTHESIS_KEYS = {"id", "claim", "metric", "a", "b", "expect", "rope"}
 EXPECTATIONS = {str(e) for e in Expect}
 METRICS = {"test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss"}
@@ -86,6 +93,7 @@ class AblationSpec:
     seeds: list[int]
     hypotheses: list[Hypothesis] = field(default_factory=list)
     path: str = ""
+    match: Match | None = None
 
     def cells(self) -> list[Cell]:
         keys = list(self.factors)
@@ -95,13 +103,30 @@ class AblationSpec:
     def base_config(self) -> RunConfig:
         return build_config(self.base)
 
+    def cell_config(self, cell: Cell) -> RunConfig:
+        """The base config with the cell's levels (and, with `match: params`, the
+        `model.width` that gives it the base config's parameter count within 1%). Raises
+        SpecError naming `match` when no width does."""
+        base = self.base_config()
+        cfg = base.replace(cell.levels)
+        if self.match is Match.PARAMS:
+            from cifarnet.model.match import matched_width, params_at
+
+            target = params_at(base.model, base.model.width)
+            try:
+                width, _ = matched_width(cfg.model, target)
+            except ValueError as exc:
+                raise SpecError(f"match: cell {cell.label}: {exc}") from None
+            cfg = cfg.replace({"model.width": width})
+        return cfg
+
     def jobs(self, seeds: list[int] | None = None) -> list[Job]:
         """Every (cell, seed) run, cells outermost so one seed's variants run close in time."""
-        base = self.base_config()
+        configs = {cell.label: self.cell_config(cell) for cell in self.cells()}
         out = []
         for seed in seeds if seeds is not None else self.seeds:
             for cell in self.cells():
-                cfg = base.replace({**cell.levels, "train.seed": seed})
+                cfg = configs[cell.label].replace({"train.seed": seed})
                 out.append(Job(cell, seed, cfg, cfg.hash()))
         return out
 
@@ -112,12 +137,10 @@ class AblationSpec:
         for key in flatten_mapping(overrides):
             if key in self.factors:
                 raise SpecError(f"--set {key}: is a factor of the spec; it cannot be fixed")
-        spec = AblationSpec(self.name, self.description, merged, self.factors, self.seeds,
-                            [], self.path)
+        spec = replace(self, base=merged, hypotheses=[])
         for i, h in enumerate(self.hypotheses):  # e.g. --set data.val_size=0 under val_acc
             _check_metric_available(h.metric, h.a, h.b, spec, f"--set (hypotheses[{i}].metric)")
-        return AblationSpec(self.name, self.description, merged, self.factors, self.seeds,
-                            self.hypotheses, self.path)
+        return replace(self, base=merged)
 
     def cell_of(self, side: Mapping[str, Any]) -> Cell:
         return next(c for c in self.cells() if c.levels == dict(side))
@@ -220,9 +243,24 @@ def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
         raise SpecError(f"factors: {cells:,} cell(s) x {len(seeds):,} seed(s) = "
                         f"{cells * len(seeds):,} runs, more than the limit of {MAX_RUNS:,} "
                         "runs per grid; split the grid into several specs")
-    spec = AblationSpec(name, description, base, factors, seeds, [], path)
+    match = _parse_match(raw.get("match"), factors)
+    spec = AblationSpec(name, description, base, factors, seeds, [], path, match)
     hypotheses = _parse_hypotheses(raw.get("hypotheses") or [], spec)
-    return AblationSpec(name, description, base, factors, seeds, hypotheses, path)
+    spec = replace(spec, hypotheses=hypotheses)
+    if match is not None:
+        spec.jobs([spec.seeds[0]])  # every cell has a matching width, or SpecError now
+    return spec
+
+
+def _parse_match(raw: Any, factors: Mapping[str, Any]) -> Match | None:
+    if raw is None:
+        return None
+    if raw not in {m.value for m in Match}:
+        raise SpecError(f"match: expected one of {', '.join(m.value for m in Match)}, "
+                        f"got {shown(raw)}")
+    if "model.width" in factors:
+        raise SpecError("match: model.width is a factor; matching parameters sets it per cell")
+    return Match(raw)
 
 
 def _parse_factors(raw: Any) -> dict[str, list[Any]]:

@@ -72,11 +72,13 @@ def _mean_sd(mean: float, sd: float) -> str:
 
 
 def variants_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
-    head = ["cell", "params", "MACs", "RF", "final acc %", "best acc %", "epochs to 85%",
-            "finished", "failed", "did not learn"]
+    matched = "unmatched_params" in a.variants
+    head = ["cell", "params", *(["width", "unmatched params"] if matched else []), "MACs", "RF",
+            "final acc %", "best acc %", "epochs to 85%", "finished", "failed", "did not learn"]
     rows = []
     for r in a.variants.to_dict("records"):
-        rows.append([r["cell"], _fmt(r["params"], 0), _fmt(r["MACs"], 0), _fmt(r["RF"], 0),
+        size = ([_fmt(r["width"], 4), _fmt(r["unmatched_params"], 0)] if matched else [])
+        rows.append([r["cell"], _fmt(r["params"], 0), *size, _fmt(r["MACs"], 0), _fmt(r["RF"], 0),
                      _mean_sd(r["final_acc_mean"], r["final_acc_std"]),
                      _mean_sd(r["best_acc_mean"], r["best_acc_std"]),
                      (f"{_fmt(r['epochs_to_85'], 1)} ({r['reached_85']} run(s))"

@@ -232,6 +232,12 @@ def variants_table(spec: AblationSpec, runs: pd.DataFrame) -> pd.DataFrame:
                **{k.split(".", 1)[1]: format_level(v) for k, v in cell.levels.items()},
                "params": _param(first, "arch.params"), "MACs": _param(first, "arch.macs"),
                "RF": _param(first, "arch.receptive_field")}
+        if spec.match is not None:  # the size each cell would have had, beside its own
+            from cifarnet.model.summary import summarize
+
+            row["width"] = _param(first, "model.width")
+            row["unmatched_params"] = float(summarize(
+                spec.base_config().replace(cell.levels).model).total_params)
         row["final_acc_mean"], row["final_acc_std"] = _mean_std(final)
         row["best_acc_mean"], row["best_acc_std"] = _mean_std(best)
         row["epochs_to_85"] = float(np.mean(reach)) if reach else math.nan

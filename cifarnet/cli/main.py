@@ -381,14 +381,21 @@ def _dry_run_table(spec, jobs) -> str:
 
     cells = spec.cells()
     base = spec.base_config()
-    rows = [("cell", "params", "MACs", "RF")]
+    matched = spec.match is not None
+    rows = [("cell", "params", "MACs", "RF", *(("width", "unmatched params") if matched else ()))]
     for cell in cells:
-        s = summarize(base.replace(cell.levels).model)
+        cfg = spec.cell_config(cell)
+        s = summarize(cfg.model)
+        extra = ((f"{cfg.model.width:g}", f"{summarize(base.replace(cell.levels).model).total_params:,}")
+                 if matched else ())
         rows.append((cell.label, f"{s.total_params:,}", f"{s.total_macs:,}",
-                     str(s.receptive_field)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+                     str(s.receptive_field), *extra))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    if matched:
+        lines.append(f"match: params: model.width per cell, parameters within 1% of the base "
+                     f"config's {summarize(base.model).total_params:,}")
     epochs = sum(j.config.train.epochs for j in jobs)
     lines.append(f"{len(cells)} cell(s) x {len(spec.seeds)} seed(s) = {len(jobs)} run(s), "
                  f"{epochs} epoch(s) in all")
