@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cifarnet.analysis.stats import Expect
+from cifarnet.analysis.time_to import parse_time_to
 from cifarnet.config.schema import (
     MAX_SEED,
     RunConfig,
@@ -325,9 +326,13 @@ def _parse_hypotheses(raw: Any, spec: AblationSpec) -> list[Hypothesis]:
         if any(o.id == hid for o in out):
             raise SpecError(f"{where}.id: duplicate hypothesis id {shown(hid)}")
         metric = h.get("metric", "test_acc")
-        if not isinstance(metric, str) or metric not in METRICS:
-            raise SpecError(f"{where}.metric: expected one of {', '.join(sorted(METRICS))}, "
-                            f"got {shown(metric)}")
+        try:
+            target = parse_time_to(metric) if isinstance(metric, str) else None
+        except ValueError as exc:
+            raise SpecError(f"{where}.metric: {exc}") from None
+        if target is None and (not isinstance(metric, str) or metric not in METRICS):
+            raise SpecError(f"{where}.metric: expected one of {', '.join(sorted(METRICS))} "
+                            f"or epochs_to:<test_acc|val_acc>>=<accuracy>, got {shown(metric)}")
         expect = " ".join(str(h.get("expect", ""))[:100].split())
         if expect not in EXPECTATIONS:
             raise SpecError(f"{where}.expect: expected one of 'a > b', 'a < b', 'a == b', "
@@ -359,6 +364,9 @@ def _check_metric_available(metric: str, a: Mapping[str, Any], b: Mapping[str, A
                             spec: AblationSpec, where: str) -> None:
     """A validation metric needs a validation split in both arms (data.val_size > 0);
     otherwise no run would ever have the metric and the verdict would stay n = 0 forever."""
+    target = parse_time_to(metric)
+    if target is not None:
+        metric = target.metric
     if metric not in VAL_METRICS:
         return
     for side in (a, b):

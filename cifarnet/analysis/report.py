@@ -17,6 +17,7 @@ from rich.table import Table
 from cifarnet.analysis.chance import ALPHA as CHANCE_ALPHA
 from cifarnet.analysis.plots import plot_class_deltas, plot_curves, plot_differences
 from cifarnet.analysis.provenance import GridSource
+from cifarnet.analysis.time_to import parse_time_to
 from cifarnet.analysis.verdicts import (
     Analysis,
     analyze,
@@ -37,6 +38,8 @@ def analyze_grid(spec_or_experiment: str | ParentRun, workspace: Workspace | Non
     """The analysis of a grid's latest runs, read back from the workspace's store."""
     grid = spec_or_experiment if isinstance(spec_or_experiment, ParentRun) else (
         find_parent_run(spec_or_experiment, workspace))
+    # an `epochs_to:` hypothesis is read from the per-epoch histories
+    with_history = with_history or any(parse_time_to(h.metric) for h in grid.spec.hypotheses)
     return analyze(grid.spec, load_runs(grid, with_history=with_history), grid_source(grid))
 
 
@@ -118,9 +121,9 @@ def _interval(lo: float, hi: float) -> str:
 
 
 def hypotheses_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
-    head = ["id", "claim", "n", "a - b (points)", "95% CI", "p (t)", "p (Wilcoxon)", "d_z",
+    head = ["id", "claim", "n", "a - b", "95% CI", "p (t)", "p (Wilcoxon)", "d_z",
             "verdict"]
-    rows = [[r["id"], _claim(r), str(r["n"]), _fmt(r["mean_diff"]),
+    rows = [[r["id"], _claim(r), str(r["n"]), f"{_fmt(r['mean_diff'])} {r['unit']}".strip(),
              _interval(r["ci_low"], r["ci_high"]), _p(r["p_t"]), _p(r["p_wilcoxon"]),
              _fmt(r["effect_dz"]), _verdict_text(r)]
             for r in hypotheses_table(a).to_dict("records")]

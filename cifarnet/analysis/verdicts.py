@@ -22,6 +22,7 @@ from cifarnet.analysis.chance import did_not_learn
 from cifarnet.analysis.multiple import adjusted_verdict, holm_adjust
 from cifarnet.analysis.provenance import GridSource, Provenance, describe
 from cifarnet.analysis.sequential import anytime_verdict
+from cifarnet.analysis.time_to import censoring_note, parse_time_to, time_to_by_seed
 from cifarnet.analysis.stats import (
     NO_INTERVAL,
     Comparison,
@@ -84,7 +85,11 @@ class Analysis:
 
 def metric_by_seed(runs: pd.DataFrame, cell: str, metric: str) -> dict[int, float]:
     """{seed: final metric} over the FINISHED runs of a cell (NaN values kept: `compare`
-    leaves them out and says so)."""
+    leaves them out and says so); for an `epochs_to:` metric the epochs to its target of the
+    runs that reached it (`analysis.time_to`: the censored ones are not in it)."""
+    target = parse_time_to(metric)
+    if target is not None:
+        return time_to_by_seed(runs, cell, target)[0]
     col = f"metrics.{metric}"
     if col not in runs:
         return {}
@@ -143,7 +148,18 @@ def judge(h: Hypothesis, a: str, b: str, runs: pd.DataFrame) -> Verdict:
                   h.expect, h.rope)
     la, lb = _arm(runs, a), _arm(runs, b)
     why = ""
-    if la.none_learned and lb.none_learned:
+    target = parse_time_to(h.metric)
+    if target is not None:
+        arms = time_to_by_seed(runs, a, target), time_to_by_seed(runs, b, target)
+        censored = censoring_note(target, *arms)
+        if censored:
+            cmp = replace(cmp, note="; ".join(x for x in (censored, cmp.note) if x))
+    if (target is not None and not arms[0][0] and not arms[1][0]
+            and (arms[0][1] or arms[1][1])):
+        why = f"no run reached {target}"
+        cmp = _no_verdict(cmp, f"no verdict: no run of either arm reached {target} within "
+                               "its epochs (all censored); train longer or lower the target")
+    elif la.none_learned and lb.none_learned:
         why = "both arms did not learn"
         cmp = _no_verdict(cmp, "no verdict: both arms did not learn (every run's test accuracy "
                                "is within noise of chance), so they cannot differ in anything "
@@ -253,15 +269,19 @@ def variants_table(spec: AblationSpec, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def hypotheses_table(analysis: Analysis) -> pd.DataFrame:
-    """Differences in accuracy points (x100) for people; raw values stay in `comparison`.
-    Variances of the pairing in squared points."""
+    """Differences in accuracy points (x100) for people, losses in nats, `epochs_to:` metrics
+    in epochs (column `unit`); raw values stay in `comparison`. Variances of the pairing in
+    squared units."""
     rows = []
     for v in analysis.verdicts:
         c, h = v.comparison, v.hypothesis
         scale = 100.0 if h.metric.endswith("_acc") else 1.0
         g = c.pairing
+        unit = ("epochs" if parse_time_to(h.metric) else "points" if scale == 100.0
+                else "nats" if h.metric.endswith("_loss") else "")
         rows.append({
-            "id": h.id, "claim": h.claim, "metric": h.metric, "a": v.a_cell, "b": v.b_cell,
+            "id": h.id, "claim": h.claim, "metric": h.metric, "unit": unit,
+            "a": v.a_cell, "b": v.b_cell,
             "expect": str(h.expect), "rope": h.rope * scale, "n": c.n,
             "mean_diff": c.mean * scale, "ci_low": c.ci[0] * scale, "ci_high": c.ci[1] * scale,
             "boot_low": c.ci_bootstrap[0] * scale if c.ci_bootstrap else math.nan,

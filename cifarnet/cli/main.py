@@ -421,6 +421,7 @@ def _dry_run_power(spec: Any, workspace: Any, seeds: int) -> list[str]:
     needs (`analysis.power`), with the spread of the store's earlier grids at this budget
     (`tracking.spread`) or the documented default; read-only."""
     from cifarnet.analysis.power import plan, plan_line, spread_of
+    from cifarnet.analysis.time_to import parse_time_to
     from cifarnet.data.datasets import data_key, preload_data
     from cifarnet.tracking.spread import budget_rows
 
@@ -433,6 +434,10 @@ def _dry_run_power(spec: Any, workspace: Any, seeds: int) -> list[str]:
         fingerprint = None
     lines = ["power (80%, the verdict's 95% interval):"]
     for h in spec.hypotheses:
+        if parse_time_to(h.metric):
+            lines.append(f"  {h.id} ({h.expect}, {h.metric}): no power figure (the spread of "
+                         "epochs to a target is not read from earlier grids)")
+            continue
         spread = spread_of(budget_rows(workspace, base, h.metric, fingerprint))
         lines.append("  " + plan_line(h.id, h.expect, h.metric, h.rope,
                                       plan(h.expect, h.rope, seeds, spread)))
