@@ -24,7 +24,7 @@ from cifarnet.analysis.verdicts import (
     effects_table,
     hypotheses_table,
 )
-from cifarnet.tracking.results import ParentRun, find_parent_run, load_runs
+from cifarnet.tracking.results import ParentRun, find_parent_run, load_predictions, load_runs
 from cifarnet.tracking.tags import TAG_GRID
 from cifarnet.workspace import Workspace
 
@@ -34,13 +34,21 @@ VERDICT_STYLE = {"supported": "green", "refuted": "red", "inconclusive": "yellow
 
 
 def analyze_grid(spec_or_experiment: str | ParentRun, workspace: Workspace | None = None,
-                 with_history: bool = True) -> Analysis:
-    """The analysis of a grid's latest runs, read back from the workspace's store."""
+                 with_history: bool = True, with_predictions: bool = False) -> Analysis:
+    """The analysis of a grid's latest runs, read back from the workspace's store;
+    `with_predictions` also downloads the runs' test predictions for McNemar's test per
+    seed (one artifact per run of a hypothesis's cells)."""
     grid = spec_or_experiment if isinstance(spec_or_experiment, ParentRun) else (
         find_parent_run(spec_or_experiment, workspace))
     # an `epochs_to:` hypothesis is read from the per-epoch histories
     with_history = with_history or any(parse_time_to(h.metric) for h in grid.spec.hypotheses)
-    return analyze(grid.spec, load_runs(grid, with_history=with_history), grid_source(grid))
+    runs = load_runs(grid, with_history=with_history)
+    predictions = None
+    if with_predictions and grid.spec.hypotheses and len(runs):
+        cells = {grid.spec.cell_of(side).label for h in grid.spec.hypotheses for side in (h.a, h.b)}
+        done = runs[runs["cell"].isin(cells) & (runs["status"] == "FINISHED")]
+        predictions = load_predictions(grid.workspace, list(done["run_id"]))
+    return analyze(grid.spec, runs, grid_source(grid), predictions)
 
 
 def grid_source(grid: ParentRun) -> GridSource:
@@ -232,12 +240,39 @@ PAIRING = ("The seeds pair the variants. 'efficiency' is var(a) + var(b) over va
            "below 1 the pairing cost seeds.")
 
 
+TWO_SOURCES = ("Per seed, McNemar's exact test (1947) on the test images where exactly one "
+               "network is right asks whether the two trained networks differ on this test set; "
+               "the verdict over seeds asks whether the training procedures differ. 'test-set "
+               "error' is the standard error of one seed's difference from the test images "
+               "alone; 'seed sd' is the spread of the differences over seeds. The larger one "
+               "says what would narrow the answer more: a larger test set, or more seeds.")
+
+
+def two_sources_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["id", "seeds", "differ on the test set (p < 0.05)", "McNemar p per seed",
+            "discordant images (a only / b only)", "test-set error (points)",
+            "seed sd (points)", "larger"]
+    rows = []
+    for v in a.verdicts:
+        ts = a.test_set.get(v.hypothesis.id)
+        if ts is None:
+            continue
+        rows.append([v.hypothesis.id, str(len(ts.tests)), f"{ts.differing} of {len(ts.tests)}",
+                     ", ".join(f"{t.seed}: {_p(t.p)}" for t in ts.tests),
+                     ", ".join(f"{t.n01}/{t.n10}" for t in ts.tests),
+                     _fmt(ts.test_set_se * 100), _fmt(ts.seed_sd * 100),
+                     ts.dominant or "- (one seed)"])
+    return head, rows
+
+
 def _sections(a: Analysis) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
     out = [("Variants", "", variants_rows(a)), ("Hypotheses", RULES, hypotheses_rows(a))]
     if a.verdicts:
         out.append(("Several hypotheses, optional stopping, runs at chance",
                     f"{HOLM} {ANYTIME} {CHANCE}", adjusted_rows(a)))
         out.append(("What the pairing bought", PAIRING, pairing_rows(a)))
+    if any(a.test_set.values()):
+        out.append(("Two sources of uncertainty", TWO_SOURCES, two_sources_rows(a)))
     if a.effects:
         out.append(("Factorial effects on test accuracy", "", effects_rows(a)))
     return out

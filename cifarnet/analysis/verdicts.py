@@ -12,7 +12,8 @@ Per hypothesis, beside the fixed-n verdict of `stats.compare`:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from cifarnet.analysis.chance import did_not_learn
 from cifarnet.analysis.multiple import adjusted_verdict, holm_adjust
 from cifarnet.analysis.provenance import GridSource, Provenance, describe
 from cifarnet.analysis.sequential import anytime_verdict
+from cifarnet.analysis.test_set import TwoSources, two_sources
 from cifarnet.analysis.time_to import censoring_note, parse_time_to, time_to_by_seed
 from cifarnet.analysis.stats import (
     NO_INTERVAL,
@@ -81,6 +83,8 @@ class Analysis:
     runs: pd.DataFrame
     data_label: str
     provenance: Provenance | None = None
+    # hypothesis id -> McNemar per seed and the test set's error beside the seeds' spread
+    test_set: dict[str, TwoSources | None] = field(default_factory=dict)
 
 
 def metric_by_seed(runs: pd.DataFrame, cell: str, metric: str) -> dict[int, float]:
@@ -186,14 +190,28 @@ def judge(h: Hypothesis, a: str, b: str, runs: pd.DataFrame) -> Verdict:
                    why_no_verdict=why)
 
 
+def arm_predictions(runs: pd.DataFrame, cell: str,
+                    predictions: Mapping[str, tuple[np.ndarray, np.ndarray]]
+                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{seed: (predicted, labels)} of the FINISHED runs of `cell` whose test predictions
+    were loaded (`predictions`: run id -> arrays)."""
+    if not len(runs):
+        return {}
+    ok = runs[(runs["cell"] == cell) & (runs["status"] == "FINISHED")]
+    return {int(s): predictions[r] for s, r in zip(ok["seed"], ok["run_id"]) if r in predictions}
+
+
 def analyze(spec: AblationSpec, runs: pd.DataFrame,
-            source: GridSource | None = None) -> Analysis:
+            source: GridSource | None = None,
+            predictions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Analysis:
     """Everything a report shows, from the runs of one grid.
 
     `runs`: one row per run (`cifarnet.tracking.results.load_runs`: columns cell, seed,
     status, metrics.*, params.*). Returns the variants table (mean and sd over seeds per
     cell), one verdict per hypothesis (`stats.compare` over the paired seeds, Holm-adjusted
-    across hypotheses, runs at chance flagged), and the factorial effects of a 2^k grid."""
+    across hypotheses, runs at chance flagged), the factorial effects of a 2^k grid, and,
+    given the runs' test `predictions` (run id -> (predicted, labels)), McNemar's test per
+    seed for each hypothesis (`analysis.test_set`)."""
     runs = runs.copy()
     runs["did_not_learn"] = learning_flags(runs) if len(runs) else pd.Series(dtype=object)
     verdicts = [judge(h, spec.cell_of(h.a).label, spec.cell_of(h.b).label, runs)
@@ -208,8 +226,13 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
         effects = factorial_effects(values, spec.factors)
     labels = runs["params.data.label"].dropna() if "params.data.label" in runs else []
     label = str(labels.iloc[0]) if len(labels) else ""
+    test_set = {}
+    if predictions:
+        for v in verdicts:
+            test_set[v.hypothesis.id] = two_sources(arm_predictions(runs, v.a_cell, predictions),
+                                                    arm_predictions(runs, v.b_cell, predictions))
     return Analysis(spec, variants_table(spec, runs), verdicts, effects, runs, label,
-                    describe(runs, source))
+                    describe(runs, source), test_set)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -486,7 +486,7 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
     workspace = click.get_current_context().obj
     grid = find_parent_run(target, workspace, grid=grid_id)
     click.echo(grid.identity_line())
-    analysis = analyze_grid(grid)
+    analysis = analyze_grid(grid, with_predictions=True)
     out = Path(out_dir) if out_dir else workspace.reports_dir / grid.experiment
     files = write_report(analysis, out, formats or FORMATS)
     log_report(grid, files)

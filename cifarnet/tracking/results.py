@@ -170,3 +170,27 @@ def _history(client: Any, run_id: str) -> dict[str, list[float]]:
         if points:
             out[metric] = [m.value for m in points]
     return out
+
+
+def load_predictions(workspace: Workspace, run_ids: list[str]) -> dict[str, tuple[Any, Any]]:
+    """{run id: (predicted, labels)} from each run's `test_predictions.npz` artifact (numpy
+    arrays of shape [N], the test set's order); runs without it (older runs, unfinished
+    ones) are left out. One artifact download per run."""
+    import tempfile
+
+    import numpy as np
+
+    from cifarnet.tracking.client import mlflow_client
+    from cifarnet.training.evaluation import PREDICTIONS
+
+    client = mlflow_client(workspace.tracking_uri)
+    out: dict[str, tuple[Any, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="cifarnet-predictions-") as tmp:
+        for i, run_id in enumerate(run_ids):
+            try:
+                path = client.download_artifacts(run_id, PREDICTIONS, f"{tmp}/{i}")
+            except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing file
+                continue
+            with np.load(path) as npz:
+                out[run_id] = (npz["predicted"], npz["label"])
+    return out

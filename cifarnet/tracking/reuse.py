@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from cifarnet.tracking.keys import CLASS_NAMES_ARTIFACT
+from cifarnet.training.evaluation import PREDICTIONS
 from cifarnet.tracking.tags import TAG_DATA, TAG_HASH, TAG_ROLE, Role
 
 TAG_REUSED_FROM = "cifarnet.reused_from"  # the FINISHED run of another experiment it copies
-COPIED_ARTIFACTS = ("config.yaml", "summary.txt", CLASS_NAMES_ARTIFACT)
+COPIED_ARTIFACTS = ("config.yaml", "summary.txt", CLASS_NAMES_ARTIFACT, PREDICTIONS)
 _BATCH = 1000  # MLflow's most metrics in one log_batch
 
 

@@ -9,6 +9,7 @@ summary table as artifacts. System metrics (CPU, memory, GPU) are logged while a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from cifarnet.errors import UserError
@@ -29,6 +30,7 @@ from cifarnet.tracking.tags import (  # noqa: F401
     Role,
 )
 from cifarnet.training.callbacks import Callback, RunContext, RunResult
+from cifarnet.training.evaluation import PREDICTIONS
 from cifarnet.training.status import RunStatus
 from cifarnet.workspace import Workspace
 
@@ -306,6 +308,9 @@ class MlflowRunCallback(Callback):
             client.set_tag(self.run_id, TAG_REASON, _one_line(result.reason or result.status))
         if result.status == RunStatus.CRASHED:
             client.log_text(self.run_id, result.reason, "traceback.txt")
+        predictions = Path(result.run_dir) / PREDICTIONS
+        if result.status == RunStatus.FINISHED and predictions.is_file():
+            client.log_artifact(self.run_id, str(predictions))  # for McNemar's test per seed
 
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

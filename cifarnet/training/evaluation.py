@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cifarnet.data.loaders import Batch
 
+PREDICTIONS = "test_predictions.npz"  # in a run's folder and among its MLflow artifacts
+
 
 def evaluate(model: nn.Module, batches: list[Batch], num_classes: int,
-             autocast: contextlib.AbstractContextManager) -> tuple[float, float, torch.Tensor]:
+             autocast: contextlib.AbstractContextManager,
+             predictions: list[torch.Tensor] | None = None) -> tuple[float, float, torch.Tensor]:
     """Mean NLL (nats per image), accuracy (0..1) and per-class accuracy (shape
     [num_classes], on the CPU; 0 for a class with no image) of `batches`, each
-    (images [B, C, H, W] normalised, labels [B]). Puts the model in eval mode."""
+    (images [B, C, H, W] normalised, labels [B]). Puts the model in eval mode. With
+    `predictions`, appends each batch's predicted classes (shape [B], int64, on the device)."""
     model.eval()
     loss = torch.zeros((), device=batches[0][0].device)
     hits = torch.zeros(num_classes, device=loss.device)
@@ -24,8 +30,22 @@ def evaluate(model: nn.Module, batches: list[Batch], num_classes: int,
         for x, y in batches:
             out = model(x).float()
             loss += F.nll_loss(out, y, reduction="sum")
-            hits += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
+            predicted = out.argmax(1)
+            hits += torch.bincount(y[predicted == y], minlength=num_classes)
+            if predictions is not None:
+                predictions.append(predicted)
             counts += torch.bincount(y, minlength=num_classes)
     n = counts.sum().item()
     per_class = hits / counts.clamp(min=1)
     return loss.item() / n, hits.sum().item() / n, per_class.cpu()
+
+
+def save_predictions(path: Path, predicted: torch.Tensor, labels: torch.Tensor) -> None:
+    """Write the test set's predicted classes and labels (both shape [N], in the test set's
+    fixed order) as a compressed .npz (`predicted`, `label`; uint8 when the classes fit,
+    about 10 KB for 10,000 images), atomically."""
+    dtype = np.uint8 if int(max(predicted.max(), labels.max())) < 256 else np.int32
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, predicted=predicted.numpy().astype(dtype),
+                        label=labels.numpy().astype(dtype))
+    tmp.replace(path)

@@ -51,7 +51,7 @@ from cifarnet.training.device import (
     resolve_precision,
     select_device,
 )
-from cifarnet.training.evaluation import evaluate
+from cifarnet.training.evaluation import PREDICTIONS, evaluate, save_predictions
 from cifarnet.training.optim import build_optimizer, build_scheduler
 from cifarnet.training.seeding import seed_from
 
@@ -86,6 +86,7 @@ class BuiltRun:
     history: list[dict[str, float]] = field(default_factory=list)
     start: int = 1
     class_acc: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    test_predictions: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_for(self.device, self.precision)
@@ -206,11 +207,13 @@ def _evaluate_splits(run: BuiltRun, epoch: int) -> dict[str, float]:
     _recalibrate(run, epoch)
     metrics: dict[str, float] = {}
     for name, batches in run.evals.items():
+        predicted: list[torch.Tensor] | None = [] if name == "test" else None
         loss_v, acc_v, per_class = evaluate(run.model, batches, len(run.data.classes),
-                                            run.autocast())
+                                            run.autocast(), predicted)
         metrics[f"{name}_loss"], metrics[f"{name}_acc"] = loss_v, acc_v
         if name == "test":
             run.class_acc = per_class
+            run.test_predictions = torch.cat(predicted).cpu()
     return metrics
 
 
@@ -318,6 +321,9 @@ def _finish(run: BuiltRun, ctx: RunContext, callbacks: Sequence[Callback], run_d
         {**result.to_dict(), "config": run.cfg.to_dict(), "data": run.data.label,
          "precision": str(run.precision)}, indent=2,
         default=_json_safe))
+    if run.test_predictions.numel():
+        labels = torch.cat([y for _, y in run.evals["test"]]).cpu()
+        save_predictions(run_dir / PREDICTIONS, run.test_predictions, labels)
     for cb in callbacks:
         cb.on_run_end(ctx, result)
     return result
