@@ -111,6 +111,8 @@ def test_commands_without_a_run_stop_on_a_signal_with_one_line(monkeypatch, tmp_
         raise AssertionError("not stopped")
 
     monkeypatch.setattr(__import__(module, fromlist=[name]), name, signalled)
+    if command == ["relocate-store"]:  # it refuses a folder with no store before relocating
+        monkeypatch.setattr("cifarnet.tracking.store.store_exists", lambda workspace: True)
     r = CliRunner().invoke(main, command)
     assert r.exit_code == 128 + getattr(signal, sig), r.output
     assert r.output == f"interrupted: {what}\n"

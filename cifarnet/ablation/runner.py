@@ -279,8 +279,11 @@ def _reuse_job(grid: GridContext, job: QueuedJob, label: str, run_name: str,
     grid.queue.complete(job, source.data.metrics.get("test_acc", 0.0),
                         mlflow_run_id=run.run_id, reused_from=source.info.run_id)
     grid.outcome.reused.append(label)
+    experiment = retry_setup(lambda: grid.client.get_experiment(source.info.experiment_id))
+    acc = source.data.metrics.get("test_acc")
     grid.listener.message(f"{label}: reused run {source.info.run_id} of experiment "
-                          f"{source.info.experiment_id} (same config and data)")
+                          f"{experiment.name} (same config and data)"
+                          + (f", test_acc {acc:.4f}" if acc is not None else ""))
 
 
 def _run_job(grid: GridContext, job: QueuedJob, cfg: RunConfig, label: str, run_name: str,

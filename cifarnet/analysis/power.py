@@ -177,7 +177,8 @@ def plan_line(hid: str, expect: Expect, metric: str, rope: float, p: PowerPlan) 
         can = (f"{p.n} seeds detect a difference of {p.mde:.4f} or more "
                f"({p.power:.0%} power of '{verdict}')")
     if p.rope_seeds is not None:
-        verdict = "an equal verdict" if expect is Expect.EQUAL else "a null effect refuted"
+        verdict = ("a == b 'supported' at a true difference of 0" if expect is Expect.EQUAL
+                   else "a null effect 'refuted'")
         rope_part = f"; the rope needs {p.rope_seeds} seeds for {verdict}"
     elif rope > 0:
         rope_part = f"; the rope needs more than {MAX_SEEDS} seeds"

@@ -119,7 +119,7 @@ def _verdict_text(r: dict) -> str:
 
 
 def _claim(r: dict) -> str:
-    return f"{r['claim']} ({r['expect']}, rope {_fmt(r['rope'], 2)})"
+    return f"{r['claim']} ({r['expect']}, rope {_fmt(r['rope'], 2)} {r['unit']})".replace(' )', ')')
 
 
 def _interval(lo: float, hi: float) -> str:

@@ -83,7 +83,8 @@ class Analysis:
     runs: pd.DataFrame
     data_label: str
     provenance: Provenance | None = None
-    # hypothesis id -> McNemar per seed and the test set's error beside the seeds' spread
+    # hypothesis id (test_acc ones) -> McNemar per seed, the test set's error beside the
+    # seeds' spread
     test_set: dict[str, TwoSources | None] = field(default_factory=dict)
 
 
@@ -229,6 +230,8 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
     test_set = {}
     if predictions:
         for v in verdicts:
+            if v.hypothesis.metric != "test_acc":  # the predictions are the final test's
+                continue
             test_set[v.hypothesis.id] = two_sources(arm_predictions(runs, v.a_cell, predictions),
                                                     arm_predictions(runs, v.b_cell, predictions))
     return Analysis(spec, variants_table(spec, runs), verdicts, effects, runs, label,

@@ -140,7 +140,12 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
     from rich.console import Console
     from rich.markup import escape
 
-    from cifarnet.cli.progress import DecodeProgress, RichProgress, metrics_table
+    from cifarnet.cli.progress import (
+        DecodeProgress,
+        RichProgress,
+        metrics_table,
+        table_console,
+    )
     from cifarnet.cli.signals import stop_on_signals
     from cifarnet.config.schema import load_config
     from cifarnet.data.datasets import load_data
@@ -158,7 +163,7 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
         click.echo(point.message(), err=True)
         if point.finished:
             result = train(cfg, run_dir=folder, resume=True)
-            Console().print(metrics_table(result))
+            table_console().print(metrics_table(result))
             click.echo(f"metrics: {result.run_dir / METRICS}")
             return
     data = load_data(cfg.data, DecodeProgress(console).update)
@@ -172,7 +177,7 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
         except KeyboardInterrupt:
             interrupted(request, "the run stopped after its last checkpoint; `train --resume` "
                                  "continues it")
-    Console().print(metrics_table(result))
+    table_console().print(metrics_table(result))
     click.echo(f"metrics: {result.run_dir / METRICS}")
     if result.status != "finished":
         click.echo(f"run {result.status}: {result.reason}", err=True)
@@ -215,13 +220,12 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-    from rich.console import Console
 
     from cifarnet.ablation.adaptive import run_until_decided
     from cifarnet.ablation.runner import Outcome, run_spec
     from cifarnet.ablation.spec import MAX_RUNS, load_spec
     from cifarnet.analysis.report import analyze_grid, verdict_table
-    from cifarnet.cli.progress import DecodeProgress, GridProgress
+    from cifarnet.cli.progress import DecodeProgress, GridProgress, table_console
     from cifarnet.cli.signals import stop_on_signals
     from cifarnet.cli.workers import EventListener
     from cifarnet.config.schema import parse_assignments
@@ -289,7 +293,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
             interrupted(request, "the current run was ended KILLED; rerun to continue")
     display.close()
     if spec.hypotheses and not as_worker:
-        Console().print(verdict_table(analysis))
+        table_console().print(verdict_table(analysis))
     if total.reused:
         click.echo(f"reused {len(total.reused)} finished run(s) of other experiments (tag "
                    "cifarnet.reused_from); --no-reuse trains them again")
@@ -309,8 +313,6 @@ def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
     (verdicts, the summary line, its exit code)."""
     import threading
 
-    from rich.console import Console
-
     from cifarnet.ablation.runner import (
         GridListener,
         check_grid_limits,
@@ -318,7 +320,7 @@ def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
         open_grid,
     )
     from cifarnet.analysis.report import analyze_grid, verdict_table
-    from cifarnet.cli.progress import WorkersProgress
+    from cifarnet.cli.progress import WorkersProgress, table_console
     from cifarnet.cli.signals import record_signals
     from cifarnet.cli.workers import supervise
     from cifarnet.tracking.results import find_parent_run
@@ -346,7 +348,7 @@ def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
         sys.exit(1)
     if spec.hypotheses:
         grid = find_parent_run(spec.name, workspace, run_id=parent)
-        Console().print(verdict_table(analyze_grid(grid, with_history=False)))
+        table_console().print(verdict_table(analyze_grid(grid, with_history=False)))
     finished, failed = result.count(0), result.count(2)
     click.echo(f"{spec.name}: {finished} run(s) finished here by {workers} workers, "
                f"{len(jobs) - finished - failed} already done, {failed} failed; "
@@ -447,7 +449,11 @@ def _dry_run_power(spec: Any, workspace: Any, seeds: int) -> list[str]:
 def _estimate(spec: Any, jobs: list[Any], data: dict, workers: int, workspace: Any,
               reuse: bool) -> Any:
     """`ablation.estimate.estimate_grid` with the threads each of `workers` workers gets."""
-    from cifarnet.ablation.estimate import covered_jobs, estimate_grid, seconds_since_start
+    from cifarnet.ablation.estimate import (
+        covered_jobs,
+        estimate_grid,
+        seconds_since_start,
+    )
     from cifarnet.cli.workers import cpu_count
 
     covered = covered_jobs(spec, jobs, data, workspace, reuse)
@@ -472,7 +478,6 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-    from rich.console import Console
 
     from cifarnet.analysis.report import (
         FORMATS,
@@ -481,6 +486,7 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
         verdict_table,
         write_report,
     )
+    from cifarnet.cli.progress import table_console
     from cifarnet.tracking.results import find_parent_run
 
     workspace = click.get_current_context().obj
@@ -490,7 +496,7 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
     out = Path(out_dir) if out_dir else workspace.reports_dir / grid.experiment
     files = write_report(analysis, out, formats or FORMATS)
     log_report(grid, files)
-    Console().print(verdict_table(analysis))
+    table_console().print(verdict_table(analysis))
     for f in files:
         click.echo(str(f))
 
@@ -571,7 +577,7 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
         finally:
             display.close()
     counts = ", ".join(f"{v} {k.lower()}" for k, v in out.trials.items() if v)
-    click.echo(f"{out.study_name} (spec identity {spec.identity()[:10]}): {counts}")
+    click.echo(f"{out.study_name} (spec identity {spec.identity()[:12]}): {counts}")
     for b in out.best:
         click.echo(f"best trial {b['number']}: values {b['values']} params {b['params']}")
     if out.final:
@@ -654,7 +660,7 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
     stored = study.user_attrs.get(SPEC_ATTR, "")
     if given_file and spec is not None and stored and stored != spec.identity():
         raise UserError(f"name: study {study.study_name} was started from a different spec "
-                        f"(identity {stored[:10]}, this spec {spec.identity()[:10]}); report "
+                        f"(identity {stored[:12]}, this spec {spec.identity()[:12]}); report "
                         "it by its name instead of the edited spec file")
     click.echo(f"{study.study_name}: spec identity {stored[:12] or '(unrecorded)'}, "
                f"{len(study.trials)} trial(s), storage {masked(url)}")
@@ -704,12 +710,13 @@ def ui_cmd(port: int) -> None:
     SIGHUP) takes the whole server down with it, quietly."""
     import os
     import subprocess
+    import tempfile
+    from pathlib import Path
 
+    from cifarnet.cli.logs import quiet_libraries
     from cifarnet.cli.signals import stop_on_signals
     from cifarnet.tracking.store import experiment_links, setup_mlflow
     from cifarnet.tracking.urls import masked
-
-    from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
     workspace = click.get_current_context().obj
@@ -720,8 +727,11 @@ def ui_cmd(port: int) -> None:
     click.echo(f"starting the MLflow UI for {masked(uri)} ...", err=True)
     # the store's URI goes by environment, not argv, where `ps` would show its password
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
-    with stop_on_signals() as request:
-        server = subprocess.Popen(cmd, start_new_session=True,
+    # the server's own log (uvicorn's INFO lines, warnings) goes to a file, not the terminal
+    log_path = Path(tempfile.gettempdir()) / f"cifarnet-ui-{port}.log"
+    with stop_on_signals() as request, open(log_path, "w") as log:
+        server = subprocess.Popen(cmd, start_new_session=True, stdout=log,
+                                  stderr=subprocess.STDOUT,
                                   env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
         ready = False
         try:
@@ -731,6 +741,7 @@ def ui_cmd(port: int) -> None:
                     click.echo(f"MLflow UI ready at {base}", err=True)
                     for name, url in experiment_links(base):
                         click.echo(f"  {name}: {url}", err=True)
+                    click.echo(f"(the server's log: {log_path}; Ctrl-C stops it)", err=True)
         except KeyboardInterrupt:  # a second signal
             pass
         if server.poll() is None:
@@ -738,7 +749,7 @@ def ui_cmd(port: int) -> None:
             interrupted(request, "the MLflow UI was stopped")
     if not ready:
         click.echo(f"error: the MLflow UI exited (code {server.returncode}) before it "
-                   f"answered at {base}", err=True)
+                   f"answered at {base}; its log: {log_path}", err=True)
         sys.exit(1)
     sys.exit(server.returncode)
 

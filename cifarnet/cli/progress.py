@@ -541,3 +541,15 @@ class WorkersProgress:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+PIPED_WIDTH = 160  # columns of a table written to a file or a pipe
+
+
+def table_console() -> Console:
+    """The console of a command's result tables: the terminal's width on a terminal;
+    PIPED_WIDTH columns in a file or a pipe, where rich's default of 80 folded verdicts and
+    ids mid-word ("inconclu/sive")."""
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPED_WIDTH)
+
