@@ -87,3 +87,15 @@ def test_a_matched_grid_trains_the_matched_widths_and_reports_both_counts(
     assert rep.exit_code == 0, rep.output
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "unmatched params" in md and "498864" in md
+
+
+@pytest.mark.parametrize("value", [["params"], {"a": 1}, 1, True])
+def test_match_of_another_type_is_one_line(value) -> None:
+    with pytest.raises(SpecError, match="match: expected one of params, got"):
+        parse_spec(_raw(match=value))
+
+
+def test_a_set_that_leaves_no_matching_width_names_the_set_key() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(_raw()).with_base({"model.width": 0.01})
+    assert str(err.value).startswith("--set model.width: match: cell depthwise=false: ")

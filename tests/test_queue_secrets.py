@@ -64,6 +64,10 @@ def test_every_form_of_a_password_is_masked_and_nothing_else() -> None:
     assert scrubbed(f"at postgresql://u@h/db?password={SECRET}&x=1",
                     f"postgresql://u@h/db?password={SECRET}&x=1") == \
         "at postgresql://u@h/db?password=***&x=1"
+    # a raw "@" in the password: masked whole (the driver would take "PW@h" for the host),
+    # and refused by the commands; a percent-encoded libpq option in the query
+    assert masked(f"postgresql://u:{SECRET}@PW@h:1/x") == "postgresql://u:***@h:1/x"
+    assert SECRET not in masked(f"postgresql://u@h/db?options=-c%20password%3D{SECRET}")
     # a password inside a longer word is not a token of it; standing alone it is masked
     assert scrubbed("pass1234x and pass1234", "postgresql://u:pass1234@h/db") == \
         "pass1234x and ***"
@@ -121,3 +125,22 @@ def test_a_tracking_store_that_cannot_be_opened_is_named_without_its_password(
         assert "MLflow tracking store postgresql://cifarnet:***@127.0.0.1:1/mlflow: cannot " \
                "open" in r.stderr
     assert_nowhere(tmp_path, ran, ui)
+
+
+@pytest.mark.parametrize("env, args", [
+    ({}, ["--storage", f"postgresql://u:{SECRET}@PW@127.0.0.1:1/x"]),
+    ({"MLFLOW_TRACKING_URI": f"http://u:{SECRET}@127.0.0.1:1"}, []),
+    ({"MLFLOW_TRACKING_URI": f"postgresql://u:{SECRET}@PW@127.0.0.1:1/x"}, []),
+])
+def test_unreachable_or_malformed_stores_are_one_line_without_the_password(
+        tiny_tree, tmp_path, env, args) -> None:
+    """An MLflow server that does not answer hung `run` for minutes and then printed
+    tracebacks holding the URL and its password; a raw '@' in a password leaked the part
+    after it as a host name."""
+    spec = str(write_spec(tmp_path, tiny_tree))
+    r = run(tmp_path, "run", spec, *args, env=env)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+    assert "***" in r.stderr and "Traceback" not in r.stderr
+    assert_nowhere(tmp_path, r)
+    assert not (tmp_path / "mlruns").exists()  # nothing written, the queue's storage included

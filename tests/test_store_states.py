@@ -206,3 +206,21 @@ def test_relocate_store_where_there_is_none_creates_nothing(tmp_path, monkeypatc
                         f"{tmp_path / 'mlruns' / 'mlflow.db'}; run relocate-store in the folder "
                         "the store was copied or moved to (the one holding mlruns/)\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", ["mlruns is a file", "mlflow.db is a folder"])
+@pytest.mark.parametrize("command", [["ui", "--port", "5997"], ["report", "tiny"]])
+def test_a_store_of_the_wrong_shape_is_one_line(tmp_path, monkeypatch, shape, command) -> None:
+    """`ui` printed a NotADirectoryError traceback for an mlruns file, and retried MLflow's
+    engine for a minute on an mlflow.db folder; `run` blamed the start-up lock."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if shape == "mlruns is a file":
+        (tmp_path / "mlruns").write_text("x")
+        want = f"{tmp_path / 'mlruns'} is a file, not a folder"
+    else:
+        (tmp_path / "mlruns" / "mlflow.db").mkdir(parents=True)
+        want = f"{tmp_path / 'mlruns' / 'mlflow.db'} is not a database file"
+    r = CliRunner().invoke(main, command)
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and want in r.output

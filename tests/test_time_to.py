@@ -108,3 +108,9 @@ def test_a_grid_answers_an_epochs_to_hypothesis(tiny_tree, tmp_path, monkeypatch
     hyp = pd.read_csv(tmp_path / "rep" / "hypotheses.csv")
     assert hyp["metric"].item() == "epochs_to:test_acc>=0.2"
     assert hyp["n"].item() + str(hyp["note"].item()).count("censored") >= 1
+
+
+@pytest.mark.parametrize("bad", ["epochs_to:test_acc>=0.8\n", "epochs_to:test_acc>=\u0660.\u0668"])
+def test_a_trailing_newline_or_non_ascii_digits_are_refused(bad) -> None:
+    with pytest.raises(ValueError):
+        parse_time_to(bad)

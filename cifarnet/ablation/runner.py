@@ -35,20 +35,21 @@ from cifarnet.tracking.limits import check_store_limits
 from cifarnet.tracking.names import parent_run_name, short_run_name
 from cifarnet.tracking.reuse import copy_run, find_source
 from cifarnet.tracking.runs import fail_stale_runs, finished_hashes, tracked_run
+from cifarnet.tracking.startup import check_tracking_store
 from cifarnet.tracking.store import (
     ABLATION_ROLES,
-    check_experiment_kind,
     MlflowRunCallback,
+    check_experiment_kind,
     get_or_create_experiment,
     setup_mlflow,
     shared_parent_run,
 )
 from cifarnet.tracking.tags import (
+    METRIC_PREDICTED,
     TAG_CELL,
     TAG_DATA,
     TAG_GRID,
     TAG_HASH,
-    METRIC_PREDICTED,
     TAG_NOTE,
     TAG_PREDICTED,
     TAG_RESUMED_FROM,
@@ -196,6 +197,7 @@ def open_grid(spec: AblationSpec, workspace: Workspace, storage_url: str,
               listener: GridListener, stop: StopEvent) -> GridContext:
     """Open the queue's storage, then MLflow (so a bad --storage writes nothing), and join
     (or start) the grid's shared parent run."""
+    check_tracking_store(workspace.tracking_uri)  # read-only: before any store is written
     storage = retry_setup(lambda: make_storage(storage_url, heartbeat_interval, grace_period))
     client = retry_setup(lambda: setup_mlflow(workspace))
     check_experiment_kind(client, spec.name, ABLATION_ROLES)

@@ -141,7 +141,14 @@ class AblationSpec:
         spec = replace(self, base=merged, hypotheses=[])
         for i, h in enumerate(self.hypotheses):  # e.g. --set data.val_size=0 under val_acc
             _check_metric_available(h.metric, h.a, h.b, spec, f"--set (hypotheses[{i}].metric)")
-        return replace(self, base=merged)
+        out = replace(self, base=merged)
+        if out.match is not None:  # a --set that leaves some cell no matching width
+            try:
+                out.jobs([out.seeds[0]])
+            except SpecError as exc:
+                keys = ", ".join(f"--set {k}" for k in flatten_mapping(overrides))
+                raise SpecError(f"{keys}: {exc}") from None
+        return out
 
     def cell_of(self, side: Mapping[str, Any]) -> Cell:
         return next(c for c in self.cells() if c.levels == dict(side))
@@ -256,7 +263,7 @@ def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
 def _parse_match(raw: Any, factors: Mapping[str, Any]) -> Match | None:
     if raw is None:
         return None
-    if raw not in {m.value for m in Match}:
+    if not isinstance(raw, str) or raw not in {m.value for m in Match}:
         raise SpecError(f"match: expected one of {', '.join(m.value for m in Match)}, "
                         f"got {shown(raw)}")
     if "model.width" in factors:

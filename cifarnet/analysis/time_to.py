@@ -28,7 +28,7 @@ import pandas as pd
 
 PREFIX = "epochs_to:"
 HISTORY_METRICS = ("test_acc", "val_acc")  # the per-epoch histories a report loads
-_PATTERN = re.compile(rf"^{PREFIX}({'|'.join(HISTORY_METRICS)})>=(\d*\.?\d+)$")
+_PATTERN = re.compile(rf"{PREFIX}({'|'.join(HISTORY_METRICS)})>=([0-9]*\.?[0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def parse_time_to(metric: str) -> TimeToTarget | None:
     (0, 1]."""
     if not metric.startswith(PREFIX):
         return None
-    m = _PATTERN.match(metric)
+    m = _PATTERN.fullmatch(metric)  # not a trailing newline, ASCII digits only
     if m is None:
         raise ValueError(f"expected {PREFIX}<metric>>=<threshold> with a metric of "
                          f"{', '.join(HISTORY_METRICS)}, e.g. {PREFIX}test_acc>=0.80; "

@@ -600,10 +600,12 @@ def _supervise_search(spec: Any, argv: list[str], workers: int, workspace: Any,
     from cifarnet.cli.workers import supervise
     from cifarnet.queue.jobs import make_storage
     from cifarnet.search.study import count_trials
+    from cifarnet.tracking.startup import check_tracking_store
     from cifarnet.tracking.store import setup_mlflow
 
     # both stores made here, once (the workers only open them); the queue's first, so a bad
     # --storage writes nothing
+    check_tracking_store(workspace.tracking_uri)  # read-only: before any store is written
     storage = make_storage(storage_url or workspace.storage_url)
     setup_mlflow(workspace)
     until = spec.n_trials if n_trials is None else (

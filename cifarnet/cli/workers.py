@@ -185,12 +185,17 @@ def supervise(argv: list[str], workers: int, request: Any,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True, preexec_fn=_die_with_parent)
              for i in range(workers)]
+    def errors(index: int, line: str) -> None:
+        if request.event.is_set() and line.startswith("interrupted:"):
+            return  # each worker's own line: the supervisor says it once for all
+        on_error(index, line)
+
     readers = []
     for i, p in enumerate(procs):
         readers.append(threading.Thread(target=_read_stdout, daemon=True,
                                         args=(p.stdout, i, states[i], on_event)))
         readers.append(threading.Thread(target=_read_stderr, daemon=True,
-                                        args=(p.stderr, i, states[i], on_error)))
+                                        args=(p.stderr, i, states[i], errors)))
     for t in readers:
         t.start()
     passed_on = 0  # signals passed on so far (`request.received`, see signals.record_signals)

@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cifarnet.errors import StoreError
 from cifarnet.queue.retry import retry_setup, retry_startup, retrying_methods
 from cifarnet.tracking.startup import store_lock
-from cifarnet.tracking.urls import masked, scrubbed
+from cifarnet.tracking.urls import check_userinfo, masked, scrubbed
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING)
 JOB_ATTRS = ("config_hash", "cell", "seed", "config")
@@ -156,6 +156,7 @@ def make_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
     every `heartbeat_interval` s, trials stale after `grace_period` s without one, and
     `on_stale` called for each trial failed as stale (default: enqueue its job again).
     Raises StoreError (one line, the URL's password masked) when it cannot be opened."""
+    check_userinfo(url, "--storage")
     try:
         with store_lock(url, "optuna"):
             return retry_startup(lambda: _open_storage(url, heartbeat_interval, grace_period,
@@ -172,6 +173,7 @@ def check_storage_url(url: str) -> None:
     """Raise StoreError (one line, the password masked) unless `url` is an SQLAlchemy URL
     whose database driver is installed; connects to nothing (for `--dry-run`, which opens
     no store)."""
+    check_userinfo(url, "--storage")
     try:
         sa.engine.make_url(url).get_dialect().import_dbapi()
     except Exception as exc:  # unparsable, unknown dialect, driver not installed

@@ -24,15 +24,22 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.ablation.spec import SpecError
-from cifarnet.errors import UserError
 from cifarnet.config.schema import RunConfig
 from cifarnet.data.datasets import Dataset, load_data
+from cifarnet.errors import UserError
 from cifarnet.model.cifarnet import CifarNet, count_params
 from cifarnet.model.summary import summarize
-from cifarnet.queue.jobs import PARENT_ATTR, Heartbeat, StudyAttr, make_storage, open_study
+from cifarnet.queue.jobs import (
+    PARENT_ATTR,
+    Heartbeat,
+    StudyAttr,
+    make_storage,
+    open_study,
+)
 from cifarnet.queue.retry import retry_setup
 from cifarnet.search.spec import SearchSpec
 from cifarnet.tracking.runs import fail_stale_run, tracked_run
+from cifarnet.tracking.startup import check_tracking_store
 from cifarnet.tracking.store import (
     SEARCH_ROLES,
     MlflowRunCallback,
@@ -159,6 +166,7 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
     """
     base = spec.base_config()
     data = data if data is not None else load_data(base.data)
+    check_tracking_store(workspace.tracking_uri)  # read-only: before any store is written
     storage = retry_setup(lambda: make_storage(storage_url or workspace.storage_url,
                                                heartbeat_interval, grace_period,
                                                on_stale=_retry_trial))

@@ -78,7 +78,11 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     no grid matches `grid`."""
     import mlflow
 
+    from cifarnet.tracking.startup import check_sqlite_shape
+
     workspace = workspace or Workspace.resolve()
+    if workspace.local_tracking:
+        check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
     if workspace.local_tracking and not store_exists(workspace):
         raise UserError(f"{spec_or_experiment}: no experiment of that name (no store at "
                         f"{workspace.local_root}; run a grid first, or set "

@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from cifarnet.errors import StoreError
-from cifarnet.tracking.urls import is_postgres, masked, scrubbed, sqlite_path
+from cifarnet.tracking.urls import check_userinfo, is_postgres, masked, scrubbed, sqlite_path
 
 LOCK_TIMEOUT_S = 300.0
+HTTP_TIMEOUT_S = 10.0  # an MLflow server that does not answer its health check in this time
 
 
 def advisory_key(name: str) -> int:
@@ -46,6 +48,7 @@ def store_lock(url: str, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterat
     if path is not None:
         from filelock import FileLock, Timeout
 
+        check_sqlite_shape(url, path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # group-writable: users of one group who share a store share its lock
@@ -99,6 +102,80 @@ def _advisory_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
         engine.dispose()
 
 
+def check_sqlite_shape(url: str, path: Path) -> None:
+    """Refuse a SQLite store whose folder is not a folder, or whose database file is not a
+    file (StoreError naming the path): opening it gave a NotADirectoryError traceback, a
+    misleading lock error, or MLflow's retries for a minute (a folder named mlflow.db)."""
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise StoreError(f"{masked(url)}: {folder} is a file, not a folder; move it "
+                                 "away or point the store elsewhere")
+            break
+    if path.exists() and not path.is_file():
+        raise StoreError(f"{masked(url)}: {path} is not a database file (a folder?); move it "
+                         "away or point the store elsewhere")
+
+
+def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
+    """Refuse an MLflow tracking server that does not answer `GET /health` within
+    `timeout_s` seconds (StoreError, the URL masked): MLflow's own client retries an
+    unreachable server for minutes, then raises with the URL, password included."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    health = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health",
+                                      "", ""))
+    request = urllib.request.Request(health)
+    if parts.username is not None:  # basic auth, as MLflow sends it
+        import base64
+
+        token = base64.b64encode(f"{urllib.parse.unquote(parts.username)}:"
+                                 f"{urllib.parse.unquote(parts.password or '')}".encode())
+        request.add_header("Authorization", f"Basic {token.decode()}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy may guard /health): MLflow's own calls will tell
+    except Exception as exc:  # noqa: BLE001 - refused, unresolvable, timed out, TLS
+        raise StoreError(f"MLflow tracking store {masked(uri)}: cannot open "
+                         f"({type(exc).__name__}: {_first_line(scrubbed(str(exc), uri))})"
+                         ) from None
+
+
+def check_tracking_store(uri: str) -> None:
+    """Read-only checks of the MLflow tracking store at `uri`, made before anything is
+    written anywhere (the queue's storage included): an HTTP server answers its health
+    check, a SQLite store's folder and file have the right kind, a PostgreSQL server accepts
+    a connection. Raises StoreError with the URL masked."""
+    check_userinfo(uri, "MLflow tracking store")
+    path = sqlite_path(uri)
+    if uri.startswith(("http://", "https://")):
+        check_http_store(uri)
+    elif path is not None:
+        check_sqlite_shape(uri, path)
+    elif is_postgres(uri):
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+
+        engine = sa.create_engine(uri, poolclass=NullPool)
+        try:
+            with engine.connect():
+                pass
+        except Exception as exc:  # noqa: BLE001 - refused, auth, unknown database
+            raise StoreError(f"MLflow tracking store {masked(uri)}: cannot open "
+                             f"({type(exc).__name__}: {_first_line(scrubbed(str(exc), uri))})"
+                             ) from None
+        finally:
+            engine.dispose()
+
+
 def _first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0][:200]
 
@@ -113,6 +190,9 @@ def init_tracking_store(uri: str) -> None:
     store cannot be opened (its URL masked)."""
     from cifarnet.queue.retry import retry_startup
 
+    if uri.startswith(("http://", "https://")):
+        check_http_store(uri)
+        return
     if sqlite_path(uri) is None and not is_postgres(uri):
         return
     from mlflow import MlflowClient

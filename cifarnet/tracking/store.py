@@ -45,9 +45,10 @@ def setup_mlflow(workspace: Workspace) -> Any:
     import mlflow
 
     from cifarnet.tracking.client import mlflow_client
-    from cifarnet.tracking.startup import init_tracking_store
+    from cifarnet.tracking.startup import check_sqlite_shape, init_tracking_store
 
     if workspace.local_tracking:
+        check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
         (workspace.local_root / "artifacts").mkdir(parents=True, exist_ok=True)
     init_tracking_store(workspace.tracking_uri)  # created or migrated once, under a lock
     client = mlflow_client(workspace.tracking_uri)

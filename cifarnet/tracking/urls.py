@@ -12,12 +12,15 @@ from sqlalchemy.engine import URL, make_url
 
 MASK = "***"
 # user:password@ inside anything that looks like a URL (the fallback for unparsable text)
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^@\s]*@")
+# (greedy up to the last "@" of the authority: a raw "@" inside a password is masked whole)
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^/\s]*@")
 # libpq's and the URL query's password keys (PostgreSQL: password, sslpassword; MySQL
 # drivers: passwd, pwd); the value of `key=value` in a query string or a libpq conninfo
 BARE_MIN = 4  # the shortest password `scrubbed` looks for outside a URL or key=value
 SECRET_KEYS = ("password", "sslpassword", "passwd", "pwd")
-_KEY_VALUE = re.compile(r"(?P<head>(?<![A-Za-z_])(?:%s)\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&'\"]+)"
+# `key=value`, also percent-encoded inside a query value (`options=-c%20password%3Dx`)
+_KEY_VALUE = re.compile(r"(?P<head>(?<![A-Za-z_])(?:%s)(?:\s*=\s*|%%3D))"
+                        r"(?:'[^']*'|\"[^\"]*\"|[^\s&'\"%%]+(?:%%[0-9A-Fa-f]{2}[^\s&'\"%%]*)*)"
                         % "|".join(SECRET_KEYS), re.IGNORECASE)
 
 
@@ -34,14 +37,33 @@ def masked(url: str) -> str:
     URL without either comes back unchanged, and one SQLAlchemy cannot parse has any
     `user:password@` part and `password=` value masked."""
     parsed = _parsed(url)
-    if parsed is None:
+    if parsed is None or _raw_at_in_password(url):
         return _KEY_VALUE.sub(rf"\g<head>{MASK}", _CREDENTIALS.sub(rf"\g<head>{MASK}@", url))
+    if _KEY_VALUE.search(url) and not any(k.lower() in SECRET_KEYS for k in parsed.query):
+        return _KEY_VALUE.sub(rf"\g<head>{MASK}", parsed.render_as_string(hide_password=True))
     secret = [k for k in parsed.query if k.lower() in SECRET_KEYS]
     if parsed.password is None and not secret:
         return url
     if secret:
         parsed = parsed.set(query={**parsed.query, **dict.fromkeys(secret, MASK)})
     return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", MASK)
+
+
+def _raw_at_in_password(url: str) -> bool:
+    """Whether the URL's authority holds more than one "@" (a password with a raw "@",
+    which SQLAlchemy and libpq split at the first one, taking the rest for the host)."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    return rest.split("/", 1)[0].count("@") > 1
+
+
+def check_userinfo(url: str, key: str) -> None:
+    """Refuse a URL whose password holds a raw "@" (UserError naming `key`, the password
+    masked): the driver would take part of the password for the host name, and print it."""
+    if _raw_at_in_password(url):
+        from cifarnet.errors import UserError
+
+        raise UserError(f"{key} {masked(url)}: the password holds a raw '@'; write it "
+                        "percent-encoded, as %40")
 
 
 def scrubbed(text: str, url: str) -> str:
