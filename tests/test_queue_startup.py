@@ -158,7 +158,13 @@ def test_init_tracking_store_creates_the_store_once(tmp_path) -> None:
         assert {"experiments", "runs", "metrics", "alembic_version"} <= tables
         assert con.execute("select name from experiments").fetchall() == [("Default",)]
     init_tracking_store(uri)  # an existing store: checked, left as it is
-    init_tracking_store("http://127.0.0.1:1")  # a server: its own business, not touched
+    # a server creates its own tables; one that does not answer its health check is refused
+    # at once (MLflow's client retried it for minutes)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"MLflow tracking store http://127\.0\.0\.1:1: "
+                                         r"cannot open \(URLError"):
+        init_tracking_store("http://127.0.0.1:1")
+    assert time.monotonic() - started < 15
 
 
 def test_sqlite_lock_is_held_beside_the_file_and_times_out_naming_the_store(tmp_path) -> None:

@@ -119,8 +119,9 @@ def check_sqlite_shape(url: str, path: Path) -> None:
 
 def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
     """Refuse an MLflow tracking server that does not answer `GET /health` within
-    `timeout_s` seconds (StoreError, the URL masked): MLflow's own client retries an
-    unreachable server for minutes, then raises with the URL, password included."""
+    `timeout_s` seconds, asked once a second (StoreError, the URL masked): MLflow's own
+    client retries an unreachable server for minutes, then raises with the URL, password
+    included."""
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -138,15 +139,20 @@ def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
         token = base64.b64encode(f"{urllib.parse.unquote(parts.username)}:"
                                  f"{urllib.parse.unquote(parts.password or '')}".encode())
         request.add_header("Authorization", f"Basic {token.decode()}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return
-    except urllib.error.HTTPError:
-        return  # it answers (a proxy may guard /health): MLflow's own calls will tell
-    except Exception as exc:  # noqa: BLE001 - refused, unresolvable, timed out, TLS
-        raise StoreError(f"MLflow tracking store {masked(uri)}: cannot open "
-                         f"({type(exc).__name__}: {_first_line(scrubbed(str(exc), uri))})"
-                         ) from None
+    deadline = time.monotonic() + timeout_s
+    while True:  # a server restarting gets the rest of `timeout_s`, a second at a time
+        try:
+            with urllib.request.urlopen(request, timeout=max(1.0, deadline - time.monotonic())):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (a proxy may guard /health): MLflow's own calls will tell
+        except Exception as exc:  # noqa: BLE001 - refused, unresolvable, timed out, TLS
+            if time.monotonic() + 1.0 < deadline:
+                time.sleep(1.0)
+                continue
+            raise StoreError(f"MLflow tracking store {masked(uri)}: cannot open "
+                             f"({type(exc).__name__}: {_first_line(scrubbed(str(exc), uri))})"
+                             ) from None
 
 
 def check_tracking_store(uri: str) -> None:
