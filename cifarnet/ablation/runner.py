@@ -281,7 +281,7 @@ def _reuse_job(grid: GridContext, job: QueuedJob, label: str, run_name: str,
     grid.queue.complete(job, source.data.metrics.get("test_acc", 0.0),
                         mlflow_run_id=run.run_id, reused_from=source.info.run_id)
     grid.outcome.reused.append(label)
-    experiment = retry_setup(lambda: grid.client.get_experiment(source.info.experiment_id))
+    experiment = grid.client.get_experiment(source.info.experiment_id)  # retried
     acc = source.data.metrics.get("test_acc")
     grid.listener.message(f"{label}: reused run {source.info.run_id} of experiment "
                           f"{experiment.name} (same config and data)"

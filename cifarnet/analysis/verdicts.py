@@ -149,13 +149,16 @@ def _finished(runs: pd.DataFrame, cell: str) -> int:
 def judge(h: Hypothesis, a: str, b: str, runs: pd.DataFrame) -> Verdict:
     """One hypothesis over `runs` (which carry a `did_not_learn` column, see
     `learning_flags`), before the Holm adjustment."""
-    cmp = compare(metric_by_seed(runs, a, h.metric), metric_by_seed(runs, b, h.metric),
-                  h.expect, h.rope)
+    target = parse_time_to(h.metric)
+    if target is not None:  # (reached, censored) per arm, read once
+        arms = time_to_by_seed(runs, a, target), time_to_by_seed(runs, b, target)
+        values = arms[0][0], arms[1][0]
+    else:
+        values = metric_by_seed(runs, a, h.metric), metric_by_seed(runs, b, h.metric)
+    cmp = compare(*values, h.expect, h.rope)
     la, lb = _arm(runs, a), _arm(runs, b)
     why = ""
-    target = parse_time_to(h.metric)
     if target is not None:
-        arms = time_to_by_seed(runs, a, target), time_to_by_seed(runs, b, target)
         censored = censoring_note(target, *arms)
         if censored:
             cmp = replace(cmp, note="; ".join(x for x in (censored, cmp.note) if x))
@@ -170,7 +173,7 @@ def judge(h: Hypothesis, a: str, b: str, runs: pd.DataFrame) -> Verdict:
                                "is within noise of chance), so they cannot differ in anything "
                                "but noise; train longer or fix the recipe")
     elif cmp.n == 0 and _finished(runs, a) and _finished(runs, b) and not any(
-            math.isfinite(x) for c in (a, b) for x in metric_by_seed(runs, c, h.metric).values()):
+            math.isfinite(x) for side in values for x in side.values()):
         why = f"no run logged {h.metric}"
         cmp = _no_verdict(cmp, f"no verdict: no finished run logged a finite value of the "
                                f"metric {h.metric!r}")

@@ -90,20 +90,25 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 
 @contextlib.contextmanager
-def stop_at_once() -> Iterator[StopRequest]:
-    """The policy of a command with no run to end (report, search-report, summary,
-    relocate-store): the first signal stops it where it is (KeyboardInterrupt, recorded in
-    the request), so the command exits 128 + the signal's number with one line, as the others
-    do, instead of a traceback (SIGINT) or a silent death (SIGTERM, SIGHUP)."""
+def _stop_raising(exc: type[BaseException]) -> Iterator[StopRequest]:
+    """The first signal raises `exc` where the process is, recorded in the request."""
     request = StopRequest()
 
     def handler(signum: int, frame: object) -> None:
         request.signum = signum
         request.event.set()
-        raise KeyboardInterrupt
+        raise exc
 
     with _handling(handler):
         yield request
+
+
+def stop_at_once() -> contextlib.AbstractContextManager[StopRequest]:
+    """The policy of a command with no run to end (report, search-report, summary,
+    relocate-store): the first signal stops it where it is (KeyboardInterrupt, recorded in
+    the request), so the command exits 128 + the signal's number with one line, as the others
+    do, instead of a traceback (SIGINT) or a silent death (SIGTERM, SIGHUP)."""
+    return _stop_raising(KeyboardInterrupt)
 
 
 class Stopped(BaseException):
@@ -112,19 +117,10 @@ class Stopped(BaseException):
     a blank line and `Aborted!`)."""
 
 
-@contextlib.contextmanager
-def stop_while_starting() -> Iterator[StopRequest]:
+def stop_while_starting() -> contextlib.AbstractContextManager[StopRequest]:
     """The policy of the command line until a command installs its own (`main`'s): the first
     signal raises `Stopped` where the process is, recorded in the request."""
-    request = StopRequest()
-
-    def handler(signum: int, frame: object) -> None:
-        request.signum = signum
-        request.event.set()
-        raise Stopped
-
-    with _handling(handler):
-        yield request
+    return _stop_raising(Stopped)
 
 
 @contextlib.contextmanager
