@@ -47,14 +47,15 @@ def interval_text(values: list[float]) -> str:
     return f"[{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) and math.isfinite(hi) else "n/a"
 
 
-def append_benchmark(title: str, lines: list[str]) -> None:
-    """Append one section to BENCHMARKS.md."""
+def append_benchmark(title: str, lines: list[str], path: Path = BENCHMARKS_MD) -> None:
+    """Append one section to BENCHMARKS.md (or to `path`, e.g. a scratch copy)."""
     today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = [f"## {title} ({today})", "", f"Command: `{command_line()}`", "",
                f"Machine: {machine_line()}", "", *lines, ""]
-    if not BENCHMARKS_MD.exists():
-        BENCHMARKS_MD.write_text("# Benchmarks\n\nEvery figure below was measured by the "
-                                 "command written beside it.\n\n")
-    with BENCHMARKS_MD.open("a") as f:
+    path = Path(path)
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nEvery figure below was measured by the "
+                        "command written beside it.\n\n")
+    with path.open("a") as f:
         f.write("\n".join(section) + "\n")
-    print(f"appended to {BENCHMARKS_MD}")
+    print(f"appended to {path}")

@@ -29,10 +29,17 @@ DEVICE_RE = re.compile(r"auto|cpu|mps|(?:cuda|xpu)(?::[0-9]{1,3})?")
 
 
 def _opt(default: Any, doc: str, *, min: float | None = None, gt: float | None = None,
-         max: float | None = None, hashed: bool = True) -> Any:
-    """A config field with its bounds and a one-line description (shown by `--help`-like docs)."""
+         max: float | None = None, lt: float | None = None, hashed: bool = True,
+         hashed_when_set: bool = False) -> Any:
+    """A config field with its bounds and a one-line description (shown by `--help`-like docs).
+
+    `hashed_when_set`: the field enters `RunConfig.hash` only when its value differs from
+    `default`. For fields added after runs were recorded whose default reproduces those runs
+    exactly (a technique that is off by default): their identity, their run folders and
+    their checkpoints stay valid."""
     return field(default=default,
-                 metadata={"doc": doc, "min": min, "gt": gt, "max": max, "hashed": hashed})
+                 metadata={"doc": doc, "min": min, "gt": gt, "max": max, "lt": lt,
+                           "hashed": hashed, "hashed_when_set": hashed_when_set})
 
 
 class Precision(enum.StrEnum):
@@ -128,6 +135,37 @@ class TrainConfig:
                                hashed=False)
     compile: bool = _opt(False, "torch.compile the model", hashed=False)
     out_dir: str = _opt("runs", "folder of run folders (checkpoints, metrics)", hashed=False)
+    # The recipe techniques below are off by default; the defaults give the runs recorded
+    # before they existed, bit for bit, under the same config hash (`hashed_when_set`).
+    tta_flip: bool = _opt(
+        False, "horizontal-flip test-time augmentation: every evaluation (validation, test "
+        "and the saved test predictions) classifies an image by the average of its logits "
+        "and its mirror image's logits (log_softmax of the mean; the model's "
+        "log-probabilities differ from its logits by a per-image constant that the "
+        "renormalisation removes). Source: Krizhevsky, Sutskever & Hinton 2012 (ImageNet "
+        "CNN, averaged predictions of an image and its reflection); Keller Jordan's "
+        "cifar10-airbench (KellerJordan/cifar10-airbench) averages the logits of both",
+        hashed_when_set=True)
+    ema_decay: float = _opt(
+        0.0, "exponential moving average of the weights, updated after every optimiser step "
+        "(ema = decay * ema + (1 - decay) * w; the first step copies w), and every "
+        "evaluation uses the averaged weights with BatchNorm statistics recalibrated on "
+        "train.bn_recal_batches training batches (required > 0). 0 = off, e.g. 0.999. "
+        "torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn. Source: Polyak & "
+        "Juditsky 1992 (averaging of iterates); Tan & Le 2019, EfficientNet (weight EMA "
+        "0.9999); airbench (KellerJordan/cifar10-airbench) uses a weight EMA",
+        min=0.0, lt=1.0, hashed_when_set=True)
+    no_decay_bn_bias: bool = _opt(
+        False, "no weight decay on BatchNorm weights and biases nor on convolution biases "
+        "(a parameter group with weight_decay 0). Source: Goyal et al. 2017, 'Accurate, "
+        "Large Minibatch SGD' (no decay on BN gamma/beta); He et al. 2019, 'Bag of Tricks "
+        "for Image Classification with CNNs' (no bias decay)", hashed_when_set=True)
+    bn_lr_mult: float = _opt(
+        1.0, "learning-rate multiplier of the BatchNorm weights and biases (their own "
+        "parameter group; every schedule scales it with the others: onecycle peaks at "
+        "train.lr * bn_lr_mult). 1 = off. Source: Keller Jordan's cifar10-airbench "
+        "(KellerJordan/cifar10-airbench) trains the BatchNorm biases at 64x the lr",
+        gt=0.0, max=64.0, hashed_when_set=True)
 
     def __post_init__(self) -> None:
         # Built from plain mappings (YAML, to_dict) the field arrives as its string.
@@ -162,7 +200,8 @@ class RunConfig:
         bf16 changes results, and until a measurement shows the change is within noise, a
         bf16 run and an fp32 run are different runs.
         """
-        canon = {k: v for k, v in self.flatten().items() if _field_meta(k).get("hashed", True)}
+        canon = {k: v for k, v in self.flatten().items() if _field_meta(k).get("hashed", True)
+                 and not (_field_meta(k).get("hashed_when_set") and v == _default(k))}
         if canon.get("train.precision") == Precision.AUTO:
             from cifarnet.training.device import resolve_precision, select_device
 
@@ -186,6 +225,11 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": 
 def _field_meta(dotted: str) -> Mapping[str, Any]:
     section, name = dotted.split(".", 1)
     return {f.name: f.metadata for f in dataclasses.fields(SECTIONS[section])}[name]
+
+
+def _default(dotted: str) -> Any:
+    section, name = dotted.split(".", 1)
+    return {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}[name]
 
 
 def config_keys() -> list[str]:
@@ -351,13 +395,27 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
 def _check_bounds(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if value is None or isinstance(value, (str, bool)):
         return
-    lo, gt, hi = meta.get("min"), meta.get("gt"), meta.get("max")
+    lo, gt, hi, lt = meta.get("min"), meta.get("gt"), meta.get("max"), meta.get("lt")
     if lo is not None and value < lo:
         raise ConfigError(f"{key}: must be >= {lo}, got {shown(value)}")
     if gt is not None and value <= gt:
         raise ConfigError(f"{key}: must be > {gt}, got {shown(value)}")
     if hi is not None and value > hi:
         raise ConfigError(f"{key}: must be <= {hi}, got {shown(value)}")
+    if lt is not None and value >= lt:
+        raise ConfigError(f"{key}: must be < {lt}, got {shown(value)}")
+
+
+def _check_combinations(cfg: "RunConfig", where: str = "") -> None:
+    """Refuse values that are each valid but impossible together, naming the key that
+    asks for what the other forbids."""
+    t = cfg.train
+    if t.ema_decay > 0 and t.bn_recal_batches == 0:
+        raise ConfigError(
+            f"{where}train.ema_decay: {t.ema_decay:g} needs train.bn_recal_batches > 0 (the "
+            "averaged weights are evaluated with BatchNorm statistics recalibrated for them; "
+            "statistics gathered by other weights do not fit them); set "
+            "train.bn_recal_batches (default 16) or train.ema_decay=0")
 
 
 def build_config(overrides: Mapping[str, Any] | None = None, *,
@@ -374,7 +432,9 @@ def build_config(overrides: Mapping[str, Any] | None = None, *,
         value = coerce_value(dotted, value, where)
         section, name = dotted.split(".", 1)
         sections[section][name] = value
-    return RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+    cfg = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+    _check_combinations(cfg, where)
+    return cfg
 
 
 def load_config(path: str | None, assignments: list[str] | tuple[str, ...] = (),

@@ -15,20 +15,33 @@ from cifarnet.data.loaders import Batch
 PREDICTIONS = "test_predictions.npz"  # in a run's folder and among its MLflow artifacts
 
 
+def flip_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities [B, classes] (fp32) of horizontal-flip test-time augmentation: the
+    log_softmax of the mean of the model's outputs for `x` and for `x` mirrored left-right
+    (`x.flip(-1)`, the width axis of [B, C, H, W]). The model returns log-probabilities,
+    which differ from its logits by a per-image constant; log_softmax removes it, so this is
+    the softmax of the averaged logits (as in KellerJordan/cifar10-airbench), a proper
+    distribution for the loss."""
+    out = model(x).float() + model(x.flip(-1)).float()
+    return F.log_softmax(out / 2, dim=1)
+
+
 def evaluate(model: nn.Module, batches: list[Batch], num_classes: int,
              autocast: contextlib.AbstractContextManager,
-             predictions: list[torch.Tensor] | None = None) -> tuple[float, float, torch.Tensor]:
+             predictions: list[torch.Tensor] | None = None,
+             tta_flip: bool = False) -> tuple[float, float, torch.Tensor]:
     """Mean NLL (nats per image), accuracy (0..1) and per-class accuracy (shape
     [num_classes], on the CPU; 0 for a class with no image) of `batches`, each
     (images [B, C, H, W] normalised, labels [B]). Puts the model in eval mode. With
-    `predictions`, appends each batch's predicted classes (shape [B], int64, on the device)."""
+    `predictions`, appends each batch's predicted classes (shape [B], int64, on the device).
+    `tta_flip`: classify by `flip_tta` (the image and its mirror) instead of the image."""
     model.eval()
     loss = torch.zeros((), device=batches[0][0].device)
     hits = torch.zeros(num_classes, device=loss.device)
     counts = torch.zeros(num_classes, device=loss.device)
     with torch.no_grad(), autocast:
         for x, y in batches:
-            out = model(x).float()
+            out = flip_tta(model, x) if tta_flip else model(x).float()
             loss += F.nll_loss(out, y, reduction="sum")
             predicted = out.argmax(1)
             hits += torch.bincount(y[predicted == y], minlength=num_classes)

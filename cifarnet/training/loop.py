@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from cifarnet.config.schema import Precision, RunConfig
 from cifarnet.data.datasets import Dataset, load_data
@@ -35,6 +36,7 @@ from cifarnet.training.callbacks import Callback, RunContext, RunResult, StopTra
 from cifarnet.training.checkpoint import (
     CHECKPOINT,
     METRICS,
+    CheckpointError,
     OnBadCheckpoint,
     ResumePoint,
     finished_metrics,
@@ -51,6 +53,7 @@ from cifarnet.training.device import (
     resolve_precision,
     select_device,
 )
+from cifarnet.training.ema import build_ema
 from cifarnet.training.evaluation import PREDICTIONS, evaluate, save_predictions
 from cifarnet.training.optim import build_optimizer, build_scheduler
 from cifarnet.training.seeding import seed_from
@@ -70,7 +73,11 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 @dataclass
 class BuiltRun:
-    """Everything one run trains with, built once from its config and data."""
+    """Everything one run trains with, built once from its config and data.
+
+    `ema`: the moving average of the weights (`train.ema_decay`, see `training.ema`), built
+    from `model` when the run is made; None when off. `eval_model` is what evaluation
+    recalibrates and evaluates: the average when on, else the model."""
 
     cfg: RunConfig
     data: Dataset
@@ -87,6 +94,14 @@ class BuiltRun:
     start: int = 1
     class_acc: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     test_predictions: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    ema: AveragedModel | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.ema = build_ema(self.model, self.cfg.train)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_for(self.device, self.precision)
@@ -135,17 +150,26 @@ def _restore(run: BuiltRun, ckpt_path: Path) -> None:
         set_rng_state(ckpt["rng"])
     else:  # written before the checkpoint held every stream
         torch.set_rng_state(ckpt["torch_rng"])
+    if run.ema is not None:
+        if "ema" not in ckpt:  # the hash holds ema_decay, so a checkpoint of this run has it
+            raise CheckpointError(f"{ckpt_path}: incomplete checkpoint (missing ema); delete "
+                                  f"it to start over")
+        run.ema.load_state_dict(ckpt["ema"])
     run.class_acc = ckpt.get("class_acc", torch.zeros(0)).cpu()
     run.history, run.start = list(ckpt["history"]), int(ckpt["epoch"]) + 1
 
 
 def _save_checkpoint(run: BuiltRun, epoch: int, ckpt_path: Path) -> None:
-    """Everything a resume needs, written atomically (see `training.checkpoint`)."""
-    save_checkpoint(ckpt_path, {
+    """Everything a resume needs, written atomically (see `training.checkpoint`); with
+    `train.ema_decay`, the weights' moving average too (`"ema"`)."""
+    payload = {
         "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
         "scheduler": run.sched.state_dict(), "torch_rng": torch.get_rng_state(),
         "rng": rng_state(), "epoch": epoch, "history": run.history,
-        "class_acc": run.class_acc, "config_hash": run.cfg.hash()})
+        "class_acc": run.class_acc, "config_hash": run.cfg.hash()}
+    if run.ema is not None:
+        payload["ema"] = run.ema.state_dict()
+    save_checkpoint(ckpt_path, payload)
 
 
 def _train_epoch(run: BuiltRun, epoch: int, ctx: RunContext,
@@ -180,8 +204,9 @@ def _train_epoch(run: BuiltRun, epoch: int, ctx: RunContext,
 
 def train_step(run: BuiltRun, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
                                                                        torch.Tensor]:
-    """Forward (under the run's autocast), loss in fp32, backward, optimiser step; the
-    logits and the loss. The scheduler is stepped by the caller."""
+    """Forward (under the run's autocast), loss in fp32, backward, optimiser step, then the
+    weights' moving average (if on); the logits and the loss. The scheduler is stepped by
+    the caller."""
     x = in_layout(x, run.memory_format)
     with run.autocast():
         out = run.forward(x)
@@ -189,27 +214,32 @@ def train_step(run: BuiltRun, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
     return out, loss
 
 
 def _recalibrate(run: BuiltRun, epoch: int) -> None:
-    """BatchNorm statistics from `train.bn_recal_batches` unaugmented training batches."""
+    """BatchNorm statistics of the evaluated model (the weights' moving average when on)
+    from `train.bn_recal_batches` unaugmented training batches."""
     t, data = run.cfg.train, run.data
     if t.bn_recal_batches:
         batches = recal_images(data.train, t.bn_recal_batches, t.batch_size, t.seed, epoch)
-        recalibrate_bn(run.model, data.train, batches, data.mean, data.std, run.device,
+        recalibrate_bn(run.eval_model, data.train, batches, data.mean, data.std, run.device,
                        run.memory_format, run.autocast())
 
 
 def _evaluate_splits(run: BuiltRun, epoch: int) -> dict[str, float]:
-    """Loss and accuracy of every eval split (after BatchNorm recalibration, if on); keeps
-    the test split's per-class accuracy."""
+    """Loss and accuracy of every eval split (after BatchNorm recalibration, if on) by the
+    evaluated model (`BuiltRun.eval_model`), with flip test-time augmentation if
+    `train.tta_flip`; keeps the test split's per-class accuracy."""
     _recalibrate(run, epoch)
     metrics: dict[str, float] = {}
     for name, batches in run.evals.items():
         predicted: list[torch.Tensor] | None = [] if name == "test" else None
-        loss_v, acc_v, per_class = evaluate(run.model, batches, len(run.data.classes),
-                                            run.autocast(), predicted)
+        loss_v, acc_v, per_class = evaluate(run.eval_model, batches, len(run.data.classes),
+                                            run.autocast(), predicted,
+                                            tta_flip=run.cfg.train.tta_flip)
         metrics[f"{name}_loss"], metrics[f"{name}_acc"] = loss_v, acc_v
         if name == "test":
             run.class_acc = per_class
