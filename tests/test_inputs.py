@@ -153,7 +153,8 @@ def test_shipped_spec_names_work_for_run_and_search(here, tiny_tree) -> None:
     assert r.exit_code == 0 and "4 cell(s) x 2 seed(s) = 8 run(s)" in r.output, r.output
     refused(here, ["run", "grid_y"], "grid_y: no such spec file (also looked for "
                                      "experiments/ablations/grid_y.yaml); shipped "
-                                     "ablations: dilation_add, extra_adds, grid_x, ")
+                                     "ablations: dilation_add, dilation_add_tuned, extra_adds, "
+                                     "grid_x, ")
     # the shipped names work from any folder, not only the checkout's
     r = CliRunner().invoke(main, ["run", "dilation_add", "--dry-run", "--set",
                                   f"data.path={tiny_tree}"])

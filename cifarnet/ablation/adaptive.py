@@ -33,6 +33,8 @@ def next_jobs(spec: AblationSpec, analysis: Analysis, max_seeds: int) -> list[Jo
     if max(len(s) for s in per_cell.values()) >= max_seeds:
         return []
     seed = max(used) + 1
+    while seed in spec.reserved_seeds():  # the tuning trials' seed: verdict seeds are fresh
+        seed += 1
     return [j for j in spec.jobs([seed]) if j.cell.label in cells]
 
 

@@ -113,7 +113,10 @@ def covered_jobs(spec: AblationSpec, jobs: list[Job], data: dict[tuple, Dataset]
     client = mlflow_client(workspace.tracking_uri)
     exp = client.get_experiment_by_name(spec.name)
     out = set()
+    settled = {j.config_hash for j in spec.settled_jobs()}  # an untuned arm is never done
     for j in jobs:
+        if j.config_hash not in settled:
+            continue
         fp = data[data_key(j.config.data)].fingerprint
         if exp is not None and finished_hashes(client, exp.experiment_id, j.config_hash, fp):
             out.add(j.config_hash)

@@ -94,11 +94,12 @@ class Outcome:
 
 
 def grid_id(spec: AblationSpec, fingerprints: set[str] = frozenset()) -> str:
-    """Identity of the grid (base config, factors and the data it trains on, not seeds): one
-    study and parent run. `fingerprints`: the `Dataset.fingerprint` of every data set its
+    """Identity of the grid (base config, factors, the `tune:` block and the data it trains
+    on; not seeds, not the tuned values): one queue and parent run. `fingerprints`: the `Dataset.fingerprint` of every data set its
     jobs load (the config hash leaves the data folder out; its content is in here)."""
     text = json.dumps({"base": spec.base_config().hash(), "factors": spec.factors,
                        **({"match": str(spec.match)} if spec.match else {}),
+                       **({"tune": spec.tune.to_dict()} if spec.tune else {}),
                        **({"data": sorted(fingerprints)} if fingerprints else {})},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -135,6 +136,7 @@ class GridContext:
     outcome: Outcome
     reuse: bool = True  # copy a FINISHED run of the same job from another experiment
     parent_created: bool = False  # this worker started the grid (its parent run)
+    grid_id: str = ""  # `grid_id` of the spec on its data
 
 
 def run_spec(spec: AblationSpec, workspace: Workspace, *, storage_url: str | None = None,
@@ -207,7 +209,7 @@ def open_grid(spec: AblationSpec, workspace: Workspace, storage_url: str,
     parent = _parent_run(queue, client, experiment_id, spec, fingerprints)
     return GridContext(spec, client, queue, experiment_id, parent, data, listener, stop,
                        Outcome(parent_run_id=parent, experiment_id=experiment_id),
-                       parent_created=queue.created)
+                       parent_created=queue.created, grid_id=grid_id(spec, fingerprints))
 
 
 def log_estimate(grid: GridContext, estimate: GridEstimate) -> None:
@@ -361,5 +363,6 @@ def _parent_run(queue: JobQueue, client: Any, experiment_id: str, spec: Ablation
         {"spec.yaml": {"name": spec.name, "description": spec.description, "base": spec.base,
                        "factors": spec.factors, "seeds": spec.seeds,
                        **({"match": str(spec.match)} if spec.match else {}),
+                       **({"tune": spec.tune.to_dict()} if spec.tune else {}),
                        "hypotheses": [{**h.__dict__, "expect": str(h.expect)}
                                       for h in spec.hypotheses]}})

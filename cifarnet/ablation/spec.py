@@ -36,7 +36,7 @@ MAX_DESCRIPTION = 5000  # an MLflow tag value (the parent run's note); 5,000 fit
 MAX_RUNS = 10_000  # cells x seeds of one grid; counted before anything is built
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_CLAIM = 500
-SPEC_KEYS = {"name", "description", "base", "factors", "seeds", "hypotheses", "match"}
+SPEC_KEYS = {"name", "description", "base", "factors", "seeds", "hypotheses", "match", "tune"}
 
 
 class Match(StrEnum):
@@ -95,6 +95,24 @@ class AblationSpec:
     hypotheses: list[Hypothesis] = field(default_factory=list)
     path: str = ""
     match: Match | None = None
+    # `tune:` (a `cifarnet.search.spec.TuneBlock`): every arm is tuned before the verdict
+    tune: Any = None
+    # cell label -> the best parameters of its arm's study, once tuned (`with_tuned`)
+    tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def arms(self) -> list[Cell]:
+        """The cells a hypothesis names (its a and b sides), in the grid's order: the cells
+        a `tune:` block tunes."""
+        named = [dict(side) for h in self.hypotheses for side in (h.a, h.b)]
+        return [c for c in self.cells() if c.levels in named]
+
+    def with_tuned(self, best: Mapping[str, Mapping[str, Any]]) -> "AblationSpec":
+        """A copy whose arm cells train with their tuned parameters (cell label -> params)."""
+        return replace(self, tuned={k: dict(v) for k, v in best.items()})
+
+    def reserved_seeds(self) -> set[int]:
+        """Seeds the verdict runs never use (the tuning trials' seed)."""
+        return {self.tune.seed} if self.tune is not None else set()
 
     def cells(self) -> list[Cell]:
         keys = list(self.factors)
@@ -119,7 +137,13 @@ class AblationSpec:
             except ValueError as exc:
                 raise SpecError(f"match: cell {cell.label}: {exc}") from None
             cfg = cfg.replace({"model.width": width})
+        if cell.label in self.tuned:
+            cfg = cfg.replace(self.tuned[cell.label])
         return cfg
+
+    def untuned_config(self, cell: Cell) -> RunConfig:
+        """The cell's config before tuning (what its arm's study starts from)."""
+        return replace(self, tuned={}).cell_config(cell)
 
     def jobs(self, seeds: list[int] | None = None) -> list[Job]:
         """Every (cell, seed) run, cells outermost so one seed's variants run close in time."""
@@ -131,6 +155,15 @@ class AblationSpec:
                 out.append(Job(cell, seed, cfg, cfg.hash()))
         return out
 
+    def settled_jobs(self) -> list[Job]:
+        """The jobs whose config is known: with a `tune:` block, an arm's jobs only once it
+        is tuned (before, its untuned config would match another grid's untuned runs of the
+        same cell, and those would be counted as this grid's)."""
+        if self.tune is None:
+            return self.jobs()
+        arms = {c.label for c in self.arms()}
+        return [j for j in self.jobs() if j.cell.label not in arms or j.cell.label in self.tuned]
+
     def with_base(self, overrides: Mapping[str, Any]) -> "AblationSpec":
         """A copy with `--set` overrides merged into the base (validated)."""
         merged = {**self.base, **flatten_mapping(overrides)}
@@ -138,6 +171,9 @@ class AblationSpec:
         for key in flatten_mapping(overrides):
             if key in self.factors:
                 raise SpecError(f"--set {key}: is a factor of the spec; it cannot be fixed")
+            if self.tune is not None and key in self.tune.keys():
+                raise SpecError(f"--set {key}: is tuned per arm (tune.space); it cannot be "
+                                "fixed")
         spec = replace(self, base=merged, hypotheses=[])
         for i, h in enumerate(self.hypotheses):  # e.g. --set data.val_size=0 under val_acc
             _check_metric_available(h.metric, h.a, h.b, spec, f"--set (hypotheses[{i}].metric)")
@@ -255,6 +291,13 @@ def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
     spec = AblationSpec(name, description, base, factors, seeds, [], path, match)
     hypotheses = _parse_hypotheses(raw.get("hypotheses") or [], spec)
     spec = replace(spec, hypotheses=hypotheses)
+    if raw.get("tune") is not None:
+        from cifarnet.search.spec import parse_tune_block
+
+        if not hypotheses:
+            raise SpecError("tune: no hypothesis names a cell to tune; add hypotheses, or "
+                            "drop the tune block")
+        spec = replace(spec, tune=parse_tune_block(raw["tune"], factors, seeds, base))
     if match is not None:
         spec.jobs([spec.seeds[0]])  # every cell has a matching width, or SpecError now
     return spec

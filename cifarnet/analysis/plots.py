@@ -160,6 +160,32 @@ def plot_class_deltas(analysis: Analysis, path: Path) -> Path:
     return _save(class_deltas_figure(analysis), path)
 
 
+def tuning_curves_figure(analysis: Analysis):
+    """Each arm's expected best validation accuracy against the number of trials (Dodge et
+    al. 2019), band = +/- one sd of the best; the arms share the budget, so the curves end
+    at the same n."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for c in analysis.tuning:
+        if not c.n:
+            continue
+        n = np.arange(1, c.n + 1)
+        mean, sd = np.array(c.mean) * 100, np.array(c.sd) * 100
+        line, = ax.plot(n, mean, marker="o", label=f"{c.cell} (best trial {c.best_trial})")
+        ax.fill_between(n, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("trials")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("expected best validation accuracy (%)")
+    ax.set_title(_title(analysis, "tuning curves (expected best of n trials)"), fontsize=10)
+    ax.grid(alpha=0.3)
+    if any(c.n for c in analysis.tuning):
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_tuning_curves(analysis: Analysis, path: Path) -> Path:
+    return _save(tuning_curves_figure(analysis), path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -15,7 +15,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from cifarnet.analysis.chance import ALPHA as CHANCE_ALPHA
-from cifarnet.analysis.plots import plot_class_deltas, plot_curves, plot_differences
+from cifarnet.analysis.plots import (
+    plot_class_deltas,
+    plot_curves,
+    plot_differences,
+    plot_tuning_curves,
+)
 from cifarnet.analysis.provenance import GridSource
 from cifarnet.analysis.time_to import parse_time_to
 from cifarnet.analysis.verdicts import (
@@ -24,7 +29,13 @@ from cifarnet.analysis.verdicts import (
     effects_table,
     hypotheses_table,
 )
-from cifarnet.tracking.results import ParentRun, find_parent_run, load_predictions, load_runs
+from cifarnet.tracking.results import (
+    ParentRun,
+    find_parent_run,
+    load_predictions,
+    load_runs,
+    load_tuning,
+)
 from cifarnet.tracking.tags import TAG_GRID
 from cifarnet.workspace import Workspace
 
@@ -48,7 +59,8 @@ def analyze_grid(spec_or_experiment: str | ParentRun, workspace: Workspace | Non
         cells = {grid.spec.cell_of(side).label for h in grid.spec.hypotheses for side in (h.a, h.b)}
         done = runs[runs["cell"].isin(cells) & (runs["status"] == "FINISHED")]
         predictions = load_predictions(grid.workspace, list(done["run_id"]))
-    return analyze(grid.spec, runs, grid_source(grid), predictions)
+    tuning = load_tuning(grid) if grid.spec.tune is not None else None
+    return analyze(grid.spec, runs, grid_source(grid), predictions, tuning)
 
 
 def grid_source(grid: ParentRun) -> GridSource:
@@ -265,8 +277,53 @@ def two_sources_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+TUNING = ("Every arm of a hypothesis was tuned with the same budget before the verdict: the "
+          "same search space, number of trials, epochs per trial, validation split (carved "
+          "from the training set; the trials held no test split), trial seed, sampler and "
+          "pruner. The verdict runs train each arm's best configuration on the spec's seeds, "
+          "none of them the trials' seed. 'expected best' is the expected best validation "
+          "accuracy of n trials (Dodge et al. 2019, 'Show Your Work'); a large gain over the "
+          "last doubling of trials says the budget was not enough for that arm.")
+
+
+def tuning_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    t = a.spec.tune
+    head = ["arm", "trials (complete / pruned / failed)", "budget per trial", "sampler",
+            "best trial", "best val_acc", "tuned values", "expected best: n/2 -> n trials",
+            "budget enough?"]
+    rows = []
+    for c in a.tuning:
+        failed = sum(v for k, v in c.trials.items() if k not in ("COMPLETE", "PRUNED"))
+        gain = c.last_doubling_gain()
+        ropes = [h.rope for h in a.spec.hypotheses
+                 if c.cell in (a.spec.cell_of(h.a).label, a.spec.cell_of(h.b).label)]
+        bar = max(min(ropes, default=0.0) / 2, 0.001)  # half the smallest rope at stake
+        enough = ("-" if math.isnan(gain) else
+                  f"no: +{gain * 100:.2f} points over the last doubling" if gain > bar else
+                  f"yes: +{gain * 100:.2f} points over the last doubling")
+        half = (c.n + 1) // 2
+        rows.append([c.cell, f"{c.trials.get('COMPLETE', 0)} / {c.trials.get('PRUNED', 0)} / "
+                     f"{failed}", f"{t.epochs} epoch(s), {t.val_size:,} validation images, "
+                     f"train.seed {t.seed}",
+                     ", ".join(f"{k} {v}" for k, v in t.sampler.items()),
+                     "-" if c.best_trial is None else str(c.best_trial),
+                     "-" if c.best_value is None else f"{c.best_value:.4f}",
+                     ", ".join(f"{k}={_short(v)}" for k, v in c.tuned.items()) or "-",
+                     f"{c.mean[half - 1]:.4f} -> {c.mean[-1]:.4f}" if c.n else "-", enough])
+    return head, rows
+
+
+def _short(text: str) -> str:
+    try:
+        return f"{float(text):.4g}"
+    except ValueError:
+        return text
+
+
 def _sections(a: Analysis) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
     out = [("Variants", "", variants_rows(a)), ("Hypotheses", RULES, hypotheses_rows(a))]
+    if a.tuning:
+        out.insert(0, ("Tuning, then comparing", TUNING, tuning_rows(a)))
     if a.verdicts:
         out.append(("Several hypotheses, optional stopping, runs at chance",
                     f"{HOLM} {ANYTIME} {CHANCE}", adjusted_rows(a)))
@@ -289,7 +346,8 @@ def write_report(a: Analysis, out: Path, formats: tuple[str, ...] = FORMATS) -> 
     """Write the plots and the requested formats into `out`; return the files written."""
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_curves(a, out / "curves.png"), plot_differences(a, out / "differences.png"),
-             plot_class_deltas(a, out / "class_deltas.png")]
+             plot_class_deltas(a, out / "class_deltas.png"),
+             *([plot_tuning_curves(a, out / "tuning_curves.png")] if a.tuning else [])]
     files = list(plots)
     sections = _sections(a)
     title = f"{a.spec.name}" + (f" - {a.data_label}" if a.data_label else "")

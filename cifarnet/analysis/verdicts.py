@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cifarnet.ablation.spec import AblationSpec, Hypothesis, format_level
+from cifarnet.analysis.tuning import TuningCurve, tuning_curves
 from cifarnet.analysis.chance import did_not_learn
 from cifarnet.analysis.multiple import adjusted_verdict, holm_adjust
 from cifarnet.analysis.provenance import GridSource, Provenance, describe
@@ -86,6 +87,8 @@ class Analysis:
     # hypothesis id (test_acc ones) -> McNemar per seed, the test set's error beside the
     # seeds' spread
     test_set: dict[str, TwoSources | None] = field(default_factory=dict)
+    # a tuned grid's arms (`analysis.tuning`): each arm's tuning curve and best trial
+    tuning: list[TuningCurve] = field(default_factory=list)
 
 
 def metric_by_seed(runs: pd.DataFrame, cell: str, metric: str) -> dict[int, float]:
@@ -207,7 +210,8 @@ def arm_predictions(runs: pd.DataFrame, cell: str,
 
 def analyze(spec: AblationSpec, runs: pd.DataFrame,
             source: GridSource | None = None,
-            predictions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Analysis:
+            predictions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+            tuning: pd.DataFrame | None = None) -> Analysis:
     """Everything a report shows, from the runs of one grid.
 
     `runs`: one row per run (`cifarnet.tracking.results.load_runs`: columns cell, seed,
@@ -215,7 +219,8 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
     cell), one verdict per hypothesis (`stats.compare` over the paired seeds, Holm-adjusted
     across hypotheses, runs at chance flagged), the factorial effects of a 2^k grid, and,
     given the runs' test `predictions` (run id -> (predicted, labels)), McNemar's test per
-    seed for each hypothesis (`analysis.test_set`)."""
+    seed for each hypothesis (`analysis.test_set`); given a tuned grid's trials (`tuning`,
+    `tracking.results.load_tuning`), each arm's tuning curve (`analysis.tuning`)."""
     runs = runs.copy()
     runs["did_not_learn"] = learning_flags(runs) if len(runs) else pd.Series(dtype=object)
     verdicts = [judge(h, spec.cell_of(h.a).label, spec.cell_of(h.b).label, runs)
@@ -237,8 +242,9 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
                 continue
             test_set[v.hypothesis.id] = two_sources(arm_predictions(runs, v.a_cell, predictions),
                                                     arm_predictions(runs, v.b_cell, predictions))
+    curves = tuning_curves(tuning) if tuning is not None and len(tuning) else []
     return Analysis(spec, variants_table(spec, runs), verdicts, effects, runs, label,
-                    describe(runs, source), test_set)
+                    describe(runs, source), test_set, curves)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

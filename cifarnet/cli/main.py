@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -256,7 +257,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     # the prediction --dry-run prints, made once the stores are open and recorded on a new
     # grid's parent run (with workers: by the supervisor)
     def estimate():
-        return _estimate(spec, jobs, data, workers, workspace, reuse=not no_reuse)
+        return _grid_estimate(spec, jobs, data, workers, workspace, reuse=not no_reuse)
     if workers > 1:  # the cache is filled: the workers read it
         argv = ["run", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
                 str(heartbeat), "--grace", str(grace), "--max-seeds", str(max_seeds),
@@ -283,6 +284,9 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
             return analyze_grid(grid, with_history=False)
 
         try:
+            if spec.tune is not None:  # every arm tuned first, then the verdict runs
+                spec, jobs = _tune(spec, workspace, storage, data, display, request.event,
+                                   heartbeat, grace, None if as_worker else estimate)
             if until_decided:
                 analysis = run_until_decided(spec, max_seeds, run_jobs, analysis_now)
             else:
@@ -303,6 +307,23 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     if total.failed:
         click.echo(total.failure_line(), err=True)
         sys.exit(1)
+
+
+def _tune(spec: Any, workspace: Any, storage: str | None, data: dict, display: Any,
+          stop: Any, heartbeat: int, grace: int, estimate: Any) -> tuple[Any, list[Any]]:
+    """`search.tune.tune_grid`: every arm's study complete; the spec with its tuned values
+    and its verdict jobs (their data loaded into `data`)."""
+    from cifarnet.data.datasets import data_key, load_data
+    from cifarnet.search.tune import tune_grid
+
+    tuned, _ = tune_grid(spec, workspace, data=data, storage_url=storage, listener=display,
+                         stop=stop, heartbeat_interval=heartbeat, grace_period=grace,
+                         estimate=estimate)
+    jobs = tuned.jobs()
+    for j in jobs:  # a tuned data key (none of the shipped spaces has one) loads here
+        if data_key(j.config.data) not in data:
+            data[data_key(j.config.data)] = load_data(j.config.data)
+    return tuned, jobs
 
 
 def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
@@ -414,7 +435,32 @@ def _dry_run_estimate(spec: Any, jobs: list[Any], workers: int, workspace: Any,
         data = preload_data(j.config.data for j in jobs)
     except UserError as exc:
         return f"predicted time: none (the data cannot be loaded here: {exc})"
-    return _estimate(spec, jobs, data, workers, workspace, reuse).line()
+    from cifarnet.ablation.estimate import hms
+
+    verdict = _estimate(spec, jobs, data, workers, workspace, reuse)
+    if spec.tune is None:
+        return verdict.line()
+    tuning = _tuning_estimate(spec, workers)
+    return (f"tuning ({len(spec.arms())} arm(s) x {spec.tune.n_trials} trial(s) x "
+            f"{spec.tune.epochs} epoch(s), on {spec.tune.val_size:,} validation images; an "
+            f"upper bound: pruned trials stop early): {tuning.line()}\n"
+            f"verdict (the tuned arms on seeds {', '.join(map(str, spec.seeds))}): "
+            f"{verdict.line()}\n"
+            f"in all: {hms(tuning.wall_s + verdict.wall_s)} (h:mm:ss)")
+
+
+def _tuning_estimate(spec: Any, workers: int) -> Any:
+    """The predicted cost of every arm's study (`search.tune.trial_jobs`): all trials run
+    to the end (none pruned, none already run)."""
+    from cifarnet.ablation.estimate import estimate_grid
+    from cifarnet.cli.workers import cpu_count
+    from cifarnet.data.datasets import preload_data
+    from cifarnet.search.tune import trial_jobs
+
+    trials = trial_jobs(spec)
+    data = {k: d.without_test() for k, d in
+            preload_data(j.config.data for j in trials).items()}
+    return estimate_grid(trials, data, workers, cpu_count() // workers, set())
 
 
 def _dry_run_power(spec: Any, workspace: Any, seeds: int) -> list[str]:
@@ -459,6 +505,20 @@ def _estimate(spec: Any, jobs: list[Any], data: dict, workers: int, workspace: A
     covered = covered_jobs(spec, jobs, data, workspace, reuse)
     return estimate_grid(jobs, data, workers, cpu_count() // workers, covered,
                          started_s=seconds_since_start())
+
+
+def _grid_estimate(spec: Any, jobs: list[Any], data: dict, workers: int, workspace: Any,
+                   reuse: bool) -> Any:
+    """What a new grid's parent run records (`log_estimate`): `_estimate`, plus the tuning
+    phase (`_tuning_estimate`) for a spec with a `tune:` block."""
+    verdict = _estimate(spec, jobs, data, workers, workspace, reuse)
+    if spec.tune is None:
+        return verdict
+    tuning = _tuning_estimate(spec, workers)
+    return dataclasses.replace(verdict, runs=verdict.runs + tuning.runs,
+                               wall_s=verdict.wall_s + tuning.wall_s,
+                               epoch_s={**{f"tune {k}": v for k, v in tuning.epoch_s.items()},
+                                        **verdict.epoch_s})
 
 
 @main.command("report")

@@ -335,8 +335,10 @@ class _RunBar(Callback):
         self.progress.update(self.grid.grid_task, eta=self.grid.grid_eta())
 
     def on_epoch_end(self, ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
-        self.progress.update(self.task, status=f"epoch {epoch}  test_acc "
-                                               f"{metrics['test_acc']:.4f}")
+        name = "test_acc" if "test_acc" in metrics else "val_acc"  # a tuning trial: no test
+        acc = metrics.get(name)
+        self.progress.update(self.task, status=f"epoch {epoch}"
+                             + (f"  {name} {acc:.4f}" if acc is not None else ""))
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         if self.task is not None:
@@ -526,11 +528,13 @@ class WorkersProgress:
                 self.progress.update(task, description=f"worker {worker + 1}", total=None,
                                      completed=0, status=f"{event['run']}: {event['end']}")
             elif "run" in event:
-                acc = event.get("test_acc")
+                name = "test_acc" if event.get("test_acc") is not None else "val_acc"
+                acc = event.get(name)
                 self.progress.update(task, description=f"worker {worker + 1}: {event['run']}",
                                      total=event["epochs"], completed=event["epoch"],
                                      status=f"epoch {event['epoch']}/{event['epochs']}"
-                                            + (f"  test_acc {acc:.4f}" if acc else ""))
+                                            + (f"  {name} {acc:.4f}" if acc is not None
+                                               else ""))
             elif "message" in event:
                 print_markup(self.progress.console, f"worker {worker + 1}: {event['message']}")
 

@@ -65,7 +65,7 @@ class RunEvents(Callback):
 
     def on_epoch_end(self, ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
         emit({"run": self.label, "epoch": epoch, "epochs": ctx.config.train.epochs,
-              "test_acc": metrics.get("test_acc")})
+              "test_acc": metrics.get("test_acc"), "val_acc": metrics.get("val_acc")})
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         emit({"run": self.label, "end": str(result.status)})

@@ -22,6 +22,8 @@ classes, before any training.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import os
 from collections.abc import Callable, Iterable
@@ -76,12 +78,18 @@ class Dataset:
 
     train: Split
     val: Split | None
-    test: Split
+    test: Split | None  # None: held out of this run entirely (`without_test`)
     classes: list[str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     label: str
     fingerprint: str
+
+    def without_test(self) -> "Dataset":
+        """The same data with the test split removed: what a tuning trial trains on, so no
+        test metric can be computed, logged or read while tuning (a trial's objective is a
+        validation metric; the test set is looked at once, after the search)."""
+        return dataclasses.replace(self, test=None)
 
 
 def data_key(cfg: DataConfig) -> tuple:

@@ -268,3 +268,114 @@ def _parse_choice(raw: Any, where: str, kinds: dict[str, set[str]]) -> dict[str,
         if "lower" in out and "upper" in out and out["lower"] >= out["upper"]:
             raise SpecError(f"{where}.upper: must be above lower ({out['lower']})")
     return out
+
+
+# ---- an ablation spec's `tune:` block (tune, then compare) ----------------------------------
+
+TUNE_KEYS = {"space", "n_trials", "epochs", "val_size", "seed", "sampler", "pruner"}
+TUNE_OBJECTIVE = Objective("val_acc", "maximize")
+DEFAULT_TUNE_SEED = 1000  # the trials' train.seed unless `tune.seed` says otherwise
+
+
+@dataclass(frozen=True)
+class TuneBlock:
+    """An ablation spec's `tune:` block: the same tuning budget for every arm of a hypothesis.
+
+    `space`: the search space (the search spec's syntax); `n_trials`: Optuna trials per arm;
+    `epochs`: training epochs per trial; `val_size`: images carved from the training set for
+    the trials' validation split (the objective is `val_acc`, maximised; the trials hold no
+    test split); `seed`: the trials' `train.seed`, never one of the verdict seeds (the verdict
+    runs are fresh seeds); `sampler`, `pruner`: as in a search spec, the same for every arm.
+    Melis, Dyer & Blunsom 2018 (ICLR), "On the State of the Art of Evaluation in Neural
+    Language Models": comparisons at one recipe can credit the architecture for a recipe
+    mismatch; Dodge et al. 2019 (EMNLP), "Show Your Work": report the expected best
+    validation score against the tuning budget."""
+
+    space: list[Param]
+    n_trials: int
+    epochs: int
+    val_size: int
+    seed: int = DEFAULT_TUNE_SEED
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
+
+    def keys(self) -> set[str]:
+        return {p.key for p in self.space}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The block as a spec writes it (the grid's identity, the parent run's spec.yaml,
+        read back by the reports)."""
+        return {"space": {p.key: _param_dict(p) for p in self.space},
+                "n_trials": self.n_trials,
+                "epochs": self.epochs, "val_size": self.val_size, "seed": self.seed,
+                "sampler": self.sampler, "pruner": self.pruner}
+
+
+def _param_dict(p: Param) -> dict[str, Any]:
+    """A parameter as the spec writes it (`{type: float, low: .., high: .., log: true}`)."""
+    if p.type == "categorical":
+        return {"type": p.type, "choices": list(p.choices)}
+    return {"type": p.type, "low": p.low, "high": p.high, "log": p.log,
+            **({"step": p.step} if p.step is not None else {})}
+
+
+def parse_tune_block(raw: Any, factors: Mapping[str, Any], seeds: list[int],
+                     base: Mapping[str, Any]) -> TuneBlock:
+    """Validate a `tune:` block; raise SpecError naming `tune.<key>`."""
+    if not isinstance(raw, Mapping):
+        raise SpecError("tune: expected a mapping with space, n_trials, epochs, val_size")
+    unknown = sorted(map(str, set(raw) - TUNE_KEYS))
+    if unknown:
+        raise SpecError(f"tune.{clip(unknown[0])}: unknown key (expected "
+                        f"{', '.join(sorted(TUNE_KEYS))})")
+    try:
+        space = _parse_space(raw.get("space"))
+    except SpecError as exc:
+        raise SpecError(f"tune.{exc}") from None
+    for p in space:
+        if p.key in factors:
+            raise SpecError(f"tune.space.{p.key}: is a factor of the grid; an arm cannot tune "
+                            "the level that defines it")
+    values = {}
+    for key, lo in (("n_trials", 1), ("epochs", 1), ("val_size", 1)):
+        v = raw.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= (
+                MAX_RUNS if key == "n_trials" else 10**9):
+            limit = f"from 1 to {MAX_RUNS:,}" if key == "n_trials" else ">= 1"
+            raise SpecError(f"tune.{key}: expected an integer {limit}, got {shown(v)}")
+        values[key] = v
+    seed = raw.get("seed", DEFAULT_TUNE_SEED)
+    try:
+        coerce_value("train.seed", seed, "tune.seed: ")
+    except ConfigError as exc:
+        raise SpecError(f"tune.seed: {exc}") from None
+    if seed in seeds:
+        raise SpecError(f"tune.seed: {seed} is also a verdict seed (seeds); the verdict runs "
+                        "must be fresh seeds, not used while tuning")
+    sampler = _parse_choice(raw.get("sampler", {"type": "tpe", "seed": 0}), "tune.sampler",
+                            {k: v for k, v in SAMPLERS.items() if k != "nsgaii"})
+    pruner = _parse_choice(raw.get("pruner", {"type": "none"}), "tune.pruner", PRUNERS)
+    block = TuneBlock(space, values["n_trials"], values["epochs"], values["val_size"], seed,
+                      sampler, pruner)
+    _check_base({**{k: v for k, v in base.items() if k not in block.keys()},
+                 **tune_overrides(block)}, "tune: ")
+    return block
+
+
+def tune_overrides(block: TuneBlock) -> dict[str, Any]:
+    """What every trial of every arm changes in the arm's config: the trials' budget, the
+    validation split and the tuning seed."""
+    return {"train.epochs": block.epochs, "data.val_size": block.val_size,
+            "train.seed": block.seed}
+
+
+def arm_search_spec(name: str, arm_config: RunConfig, block: TuneBlock) -> SearchSpec:
+    """The search that tunes one arm: the arm's config (every field that differs from the
+    defaults, the searched keys left out) with the trials' overrides, the block's space,
+    `val_acc` maximised, the block's trials, sampler and pruner. `name` names the study."""
+    defaults = RunConfig().flatten()
+    base = {k: v for k, v in arm_config.flatten().items()
+            if v != defaults[k] and k not in block.keys()}
+    base.update(tune_overrides(block))
+    return SearchSpec(name, "", base, list(block.space), [TUNE_OBJECTIVE], block.n_trials,
+                      dict(block.sampler), dict(block.pruner))

@@ -49,6 +49,8 @@ from cifarnet.tracking.store import (
     shared_parent_run,
 )
 from cifarnet.tracking.tags import (
+    MLFLOW_PARENT,
+    TAG_CELL,
     TAG_HASH,
     TAG_OPTUNA_STATE,
     TAG_OPTUNA_STUDY,
@@ -149,7 +151,7 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
                final: bool = True, heartbeat_interval: int = 10,
                grace_period: int = 30,
                study_callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
-               ) -> SearchOutcome:
+               nest: Nest | None = None) -> SearchOutcome:
     """Join (or start) the spec's study and add trials until it is complete.
 
     `callbacks(number)`: training callbacks for trial `number` (-1: the final retraining);
@@ -163,6 +165,11 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
     A trial whose worker stopped sending heartbeats (every `heartbeat_interval` s) for
     `grace_period` s is failed, its MLflow run ended FAILED (`stale`), and run again with the
     same parameters; so is a trial interrupted by a signal.
+
+    Trials train on `data` without its test split (`Dataset.without_test`): no test metric is
+    computed or logged while tuning. `nest`: the study is one arm of an ablation grid
+    (`search.tune`): its study name, its parent run nested under the grid's parent in the
+    grid's experiment, its roles; no held-out test.
     """
     base = spec.base_config()
     data = data if data is not None else load_data(base.data)
@@ -171,30 +178,39 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
                                                heartbeat_interval, grace_period,
                                                on_stale=_retry_trial))
     directions = [o.direction for o in spec.objectives]
-    study, created = open_study(f"search.{spec.name}", storage, directions=directions,
+    study_name = nest.study_name if nest else f"search.{spec.name}"
+    study, created = open_study(study_name, storage, directions=directions,
                                 sampler=make_sampler(spec.sampler),
                                 pruner=pruner or make_pruner(spec.pruner))
     check_identity(study, spec)  # before anything is written to MLflow
     study.sampler = make_sampler(spec.sampler, salt=(len(study.trials), worker_index()))
     client = retry_setup(lambda: setup_mlflow(workspace))
-    try:
-        check_experiment_kind(client, spec.name, SEARCH_ROLES)
-    except UserError:
-        if created:  # refused: the study made a moment ago goes too
-            optuna.delete_study(study_name=study.study_name, storage=storage)
-        raise
-    experiment_id = retry_setup(lambda: get_or_create_experiment(client, workspace, spec.name,
-                                                                   group_by=None))
+    if nest is None:
+        try:
+            check_experiment_kind(client, spec.name, SEARCH_ROLES)
+        except UserError:
+            if created:  # refused: the study made a moment ago goes too
+                optuna.delete_study(study_name=study.study_name, storage=storage)
+            raise
+        experiment_id = retry_setup(lambda: get_or_create_experiment(
+            client, workspace, spec.name, group_by=None))
+        parent_name, parent_tags = f"{spec.name} (study)", {TAG_ROLE: Role.STUDY}
+    else:
+        experiment_id, parent_name = nest.experiment_id, f"tune {nest.cell}"
+        parent_tags = {TAG_ROLE: Role.ARM_STUDY, TAG_CELL: nest.cell,
+                       MLFLOW_PARENT: nest.parent_run_id}
+        final = False  # the arms' verdict runs are the grid's own
     study.set_user_attr("data_label", data.label)
     parent = shared_parent_run(client, experiment_id, StudyAttr(study, PARENT_ATTR), created,
-                               f"{spec.name} (study)",
-                               {TAG_ROLE: Role.STUDY, TAG_SPEC: spec.name,
+                               parent_name,
+                               {**parent_tags, TAG_SPEC: spec.name,
                                 TAG_OPTUNA_STUDY: study.study_name},
                                {"search.yaml": _spec_dict(spec)})
     _recover_stale(study, client)
     target = (until if until is not None else spec.n_trials if n_trials is None
               else len(counted_trials(study)) + n_trials)
-    objective = _Objective(spec, base, data, client, experiment_id, parent, callbacks)
+    objective = _Objective(spec, base, data.without_test(), client, experiment_id, parent,
+                           callbacks, Role.ARM_TRIAL if nest else Role.TRIAL)
 
     try:
         while len(counted_trials(study)) < target:
@@ -321,18 +337,32 @@ def _spec_dict(spec: SearchSpec) -> dict[str, Any]:
             "sampler": spec.sampler, "pruner": spec.pruner}
 
 
+@dataclass(frozen=True)
+class Nest:
+    """Where a study runs as one arm of an ablation grid (`search.tune`): its Optuna study
+    name, the grid's MLflow experiment and parent run, and the arm's cell label."""
+
+    study_name: str
+    experiment_id: str
+    parent_run_id: str
+    cell: str
+
+
 class _Objective:
     def __init__(self, spec: SearchSpec, base: RunConfig, data: Dataset, client: Any,
                  experiment_id: str, parent: str,
-                 callbacks: Callable[[int], list[Callback]] | None) -> None:
-        self.spec, self.base, self.data, self.client = spec, base, data, client
+                 callbacks: Callable[[int], list[Callback]] | None,
+                 role: Role = Role.TRIAL) -> None:
+        if data.test is not None:
+            raise ValueError("a trial's data must hold no test split (Dataset.without_test)")
+        self.spec, self.base, self.data, self.client, self.role = spec, base, data, client, role
         self.experiment_id, self.parent = experiment_id, parent
         self.callbacks = callbacks or (lambda number: [])
         self.run_ids: dict[int, str] = {}  # trial number -> its MLflow run
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         cfg = self.base.replace(suggest(trial, self.spec))
-        tags = {TAG_ROLE: Role.TRIAL, TAG_SPEC: self.spec.name,
+        tags = {TAG_ROLE: self.role, TAG_SPEC: self.spec.name,
                 TAG_OPTUNA_TRIAL_NUMBER: str(trial.number), TAG_HASH: cfg.hash()}
         try:
             with tracked_run(self.client, self.experiment_id, f"trial {trial.number}", tags,

@@ -23,7 +23,12 @@ from cifarnet.errors import UserError
 from cifarnet.queue.retry import retry_setup
 from cifarnet.tracking.store import setup_mlflow, store_exists
 from cifarnet.tracking.tags import (
+    METRIC_BEST_VAL,
     MLFLOW_PARENT,
+    PARAM_TUNED,
+    TAG_BEST_TRIAL,
+    TAG_OPTUNA_STATE,
+    TAG_OPTUNA_TRIAL_NUMBER,
     TAG_CELL,
     TAG_DATA,
     TAG_GRID,
@@ -119,7 +124,10 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     raw = safe_load(retry_setup(  # MLflow's fluent API: not our retrying client
         lambda: mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/spec.yaml")))
     fps = frozenset(filter(None, parent.data.tags.get(TAG_DATA, "").split(",")))
-    return ParentRun(parse_spec(raw), name, exp.experiment_id, parent.info.run_id, workspace,
+    spec = parse_spec(raw)
+    if spec.tune is not None:  # the arms' tuned values, once tuning is complete
+        spec = spec.with_tuned(_tuned_values(client, parent.info.run_id))
+    return ParentRun(spec, name, exp.experiment_id, parent.info.run_id, workspace,
                      fps, parent.data.tags.get(TAG_GRID, ""), len(grids),
                      parent.info.start_time)
 
@@ -141,7 +149,7 @@ def load_runs(spec_or_experiment: str | ParentRun, with_history: bool = False,
         experiment_ids=[grid.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{Role.CHILD}'",
         max_results=50_000))
     if not df.empty:
-        jobs = {j.config_hash for j in grid.spec.jobs()}
+        jobs = {j.config_hash for j in grid.spec.settled_jobs()}
         mine = df[f"tags.{MLFLOW_PARENT}"] == grid.parent_run_id
         reused = (df["status"] == "FINISHED") & df[f"tags.{TAG_HASH}"].isin(jobs) & ~mine
         if f"tags.{TAG_DATA}" in df.columns:  # only runs trained on this grid's data
@@ -165,6 +173,60 @@ def load_runs(spec_or_experiment: str | ParentRun, with_history: bool = False,
     rest = [c for c in df.columns if c.startswith(("params.", "metrics.", "tags."))]
     extra = ["history"] if with_history else []
     return df[keep + extra + rest].sort_values(["cell", "seed"]).reset_index(drop=True)
+
+
+TUNED_ARTIFACT = "tuned.yaml"  # on a tuned grid's parent: cell label -> its arm's best values
+
+
+def _tuned_values(client: Any, parent_run_id: str) -> dict[str, dict[str, Any]]:
+    """The arms' tuned values a grid's parent records (`search.tune.tune_grid`); {} before
+    its tuning is complete."""
+    import mlflow
+
+    if not any(f.path == TUNED_ARTIFACT for f in client.list_artifacts(parent_run_id)):
+        return {}
+    return safe_load(retry_setup(
+        lambda: mlflow.artifacts.load_text(f"runs:/{parent_run_id}/{TUNED_ARTIFACT}"))) or {}
+
+
+def load_tuning(grid: ParentRun) -> pd.DataFrame:
+    """The trials of a tuned grid's arms, one row each: cell, trial (its Optuna number),
+    state (COMPLETE, PRUNED, FAIL, superseded: tag `optuna.state`), val_acc (the last
+    validation accuracy it logged, a fraction), run_id, study_run_id; the study's
+    `best_trial` and `best_val_acc` and the tuned values as `tuned.<key>` on every row of
+    its arm. Empty (those columns) for a grid without a `tune:` block. Two MLflow queries."""
+    import mlflow
+
+    cols = ["cell", "trial", "state", "val_acc", "run_id", "study_run_id", "best_trial",
+            "best_val_acc"]
+    if grid.spec.tune is None:
+        return pd.DataFrame(columns=cols)
+    runs = retry_setup(lambda: mlflow.search_runs(
+        experiment_ids=[grid.experiment_id],
+        filter_string=f"tags.`{TAG_ROLE}` LIKE 'arm_%'",  # arm_study, arm_trial
+        max_results=50_000))
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    studies = runs[(runs[f"tags.{TAG_ROLE}"] == Role.ARM_STUDY)
+                   & (runs[f"tags.{MLFLOW_PARENT}"] == grid.parent_run_id)]
+    rows = []
+    for _, study in studies.iterrows():
+        trials = runs[(runs[f"tags.{TAG_ROLE}"] == Role.ARM_TRIAL)
+                      & (runs[f"tags.{MLFLOW_PARENT}"] == study["run_id"])]
+        tuned = {c[len("params."):]: v for c, v in study.items()
+                 if str(c).startswith(f"params.{PARAM_TUNED}") and isinstance(v, str)}
+        best = study.get(f"tags.{TAG_BEST_TRIAL}")
+        for _, t in trials.iterrows():
+            rows.append({"cell": study[f"tags.{TAG_CELL}"],
+                         "trial": int(t[f"tags.{TAG_OPTUNA_TRIAL_NUMBER}"]),
+                         "state": t.get(f"tags.{TAG_OPTUNA_STATE}"),
+                         "val_acc": t.get("metrics.val_acc"), "run_id": t["run_id"],
+                         "study_run_id": study["run_id"],
+                         "best_trial": int(best) if isinstance(best, str) else None,
+                         "best_val_acc": study.get(f"metrics.{METRIC_BEST_VAL}"), **tuned})
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(rows).sort_values(["cell", "trial"]).reset_index(drop=True)
 
 
 def _history(client: Any, run_id: str) -> dict[str, list[float]]:

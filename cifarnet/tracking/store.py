@@ -109,7 +109,7 @@ def get_or_create_experiment(client: Any, workspace: Workspace, name: str,
     return exp.experiment_id
 
 
-ABLATION_ROLES = (Role.PARENT, Role.CHILD)
+ABLATION_ROLES = (Role.PARENT, Role.CHILD, Role.ARM_STUDY, Role.ARM_TRIAL)
 SEARCH_ROLES = (Role.STUDY, Role.TRIAL, Role.FINAL)
 
 

@@ -28,6 +28,10 @@ MLFLOW_PARENT = "mlflow.parentRunId"  # a grid run's parent: the grid it belongs
 TAG_OPTUNA_STATE = "optuna.state"
 TAG_OPTUNA_TRIAL_NUMBER = "optuna.trial_number"
 TAG_OPTUNA_STUDY = "optuna.study"
+# an arm's study parent once its study is complete: the best trial and the tuned values
+TAG_BEST_TRIAL = "cifarnet.best_trial"
+METRIC_BEST_VAL = "best_val_acc"
+PARAM_TUNED = "tuned."  # + config key: the arm's tuned value, a param of its study parent
 
 
 class Role(StrEnum):
@@ -38,3 +42,5 @@ class Role(StrEnum):
     STUDY = "study"  # an Optuna search
     TRIAL = "trial"  # one trial of a search
     FINAL = "final"  # a search's held-out test of its best configuration
+    ARM_STUDY = "arm_study"  # a grid's tuning study of one arm (tune, then compare)
+    ARM_TRIAL = "arm_trial"  # one trial of an arm's study

@@ -131,7 +131,8 @@ def build_run(cfg: RunConfig, data: Dataset) -> BuiltRun:
     loader = make_loader(data, cfg, device)
     opt = build_optimizer(model, t)
     sched = build_scheduler(opt, t, len(loader))
-    evals = {"test": eval_batches(data.test, data.mean, data.std, device)}
+    evals = ({"test": eval_batches(data.test, data.mean, data.std, device)}
+             if data.test is not None else {})  # a tuning trial holds no test split
     if data.val is not None:
         evals["val"] = eval_batches(data.val, data.mean, data.std, device)
     forward = torch.compile(model) if t.compile else model
@@ -251,7 +252,8 @@ def _context(run: BuiltRun, run_dir: Path, point: ResumePoint) -> RunContext:
     data = run.data
     return RunContext(run.cfg, run_dir, str(run.device), data.label, list(data.classes),
                       count_params(run.model), len(data.train),
-                      len(data.val) if data.val is not None else 0, len(data.test),
+                      len(data.val) if data.val is not None else 0,
+                      len(data.test) if data.test is not None else 0,
                       len(run.loader), run.start, str(run.precision), point,
                       list(run.history), data.fingerprint)
 

@@ -64,13 +64,14 @@ def probe(cfg: RunConfig, data: Dataset, steps: int = 5, warmup: int = 2,
         if i >= warmup:
             timed += time.perf_counter() - start
             done += 1
-    test = run.evals["test"][:eval_batches]
+    test = next(iter(run.evals.values()), [])[:eval_batches]  # test, or a trial's val
     start = time.perf_counter()
     evaluate(run.model, test, len(data.classes), run.autocast())
     images = sum(len(b[1]) for b in test)
     eval_image_s = (time.perf_counter() - start) / max(1, images)
     t = cfg.train
-    eval_images = (len(data.test) + (len(data.val) if data.val is not None else 0)
+    eval_images = ((len(data.test) if data.test is not None else 0)
+                   + (len(data.val) if data.val is not None else 0)
                    + t.bn_recal_batches * t.batch_size)
     return RunCost(timed / max(1, done), eval_image_s, steps_per_epoch(len(data.train), t.batch_size),
                    eval_images)
