@@ -56,7 +56,9 @@ def _number(v: str) -> str:
         f = float(v)
     except ValueError:
         return v
-    return f"{int(f):,}" if f.is_integer() and abs(f) >= 1000 else v
+    if f.is_integer() and abs(f) >= 1000:
+        return f"{int(f):,}"
+    return f"{f:.4g}" if len(v) > 8 else v  # a tuned 0.01878515050174937 reads 0.01879
 
 
 def _show(runs: pd.DataFrame, key: str, fmt=_number) -> str:

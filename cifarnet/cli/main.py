@@ -561,6 +561,52 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
         click.echo(str(f))
 
 
+@main.command("results")
+@click.option("--claims", "claims_path", default="seed_claims.yaml", show_default=True,
+              help="Claims file: points, their specs and hypotheses, the author's words "
+                   "(looked up like a spec: here, under experiments/, or the shipped one).")
+@click.option("--out", "out_file", type=click.Path(), default="RESULTS.md", show_default=True,
+              help="The page to write; its plots go to results/ beside it.")
+@user_errors
+@stops_at_once("the results page was stopped before it was complete; run it again")
+def results_cmd(claims_path: str, out_file: str) -> None:
+    """RESULTS.md: each claim of the seed write-up answered from the tracking store (the
+    newest grid of its spec), with the author's conclusion beside the verdict."""
+    import tempfile
+
+    from cifarnet.cli.logs import quiet_libraries
+
+    quiet_libraries()
+
+    from cifarnet.ablation.spec import resolve_spec_path
+    from cifarnet.analysis.report import analyze_grid
+    from cifarnet.analysis.results import (
+        analyses_for,
+        load_claims,
+        spec_plots,
+        write_results,
+    )
+    from cifarnet.tracking.results import find_parent_run
+    from cifarnet.tracking.urls import masked
+
+    workspace = click.get_current_context().obj
+    claims = load_claims(resolve_spec_path(claims_path, "."))
+    analyses = analyses_for(claims, lambda name: analyze_grid(
+        find_parent_run(name, workspace), with_history=True))
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cifarnet-results-") as tmp:
+        plots = {name: spec_plots(a, Path(tmp) / name)
+                 for name, a in analyses.items() if a is not None}
+        argv = " ".join(["cifarnet-exp results", *(
+            [f"--claims {claims_path}"] if claims_path != "seed_claims.yaml" else []),
+            *([f"--out {out_file}"] if out_file != "RESULTS.md" else [])])
+        write_results(claims, analyses, plots, out, argv, masked(workspace.tracking_uri))
+    missing = [name for name, a in analyses.items() if a is None]
+    click.echo(f"{out}: {len(claims.claims)} claim(s) from {len(analyses)} spec(s)"
+               + (f"; not run yet: {', '.join(missing)}" if missing else ""))
+
+
 @main.command("search")
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--n-trials", type=click.IntRange(1), default=None,

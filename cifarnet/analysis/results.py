@@ -1,0 +1,206 @@
+"""RESULTS.md: the seed author's claims, each answered by the product's own analysis.
+
+`cifarnet-exp results` reads a claims file (`experiments/seed_claims.yaml`: for each of the
+seed write-up's points, the spec and hypothesis that state it and the author's own
+conclusion, quoted), analyses the newest grid of each spec in the tracking store
+(`analysis.report.analyze_grid`, the same figures as `cifarnet-exp report`), and writes one
+Markdown page: per claim the verdict, the paired difference with its 95% interval (points),
+the seeds, the pairing gain, the budget and the data label, the grid's parent run and the
+MLflow runs of both arms, the author's conclusion beside it and whether the evidence agrees,
+and the grid's plots (written beside the page). No number on the page is typed by hand:
+rerunning the command after more runs regenerates it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from cifarnet.analysis.stats import Outcome
+from cifarnet.analysis.verdicts import Analysis, Verdict, hypotheses_table
+from cifarnet.config.yamlio import read_yaml_mapping
+from cifarnet.errors import UserError, shown
+
+CLAIM_KEYS = {"point", "spec", "hypothesis", "author"}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One point of the seed's analysis: its number, the spec and hypothesis id that state
+    it, and the author's conclusion as written."""
+
+    point: str
+    spec: str
+    hypothesis: str
+    author: str
+
+
+@dataclass(frozen=True)
+class ClaimsFile:
+    title: str
+    source: str
+    claims: list[Claim]
+
+
+def load_claims(path: Path) -> ClaimsFile:
+    """Read a claims file; raise UserError naming the key (`claims[2].spec`) of a bad one."""
+    raw = read_yaml_mapping(path)
+    unknown = sorted(set(raw) - {"title", "source", "claims"})
+    if unknown:
+        raise UserError(f"{unknown[0]}: unknown key in {path} (expected title, source, claims)")
+    items = raw.get("claims")
+    if not isinstance(items, list) or not items:
+        raise UserError(f"claims: expected a non-empty list in {path}")
+    out = []
+    for i, item in enumerate(items):
+        where = f"claims[{i}]"
+        if not isinstance(item, Mapping):
+            raise UserError(f"{where}: expected a mapping with {', '.join(sorted(CLAIM_KEYS))}")
+        extra = sorted(map(str, set(item) - CLAIM_KEYS))
+        if extra:
+            raise UserError(f"{where}.{extra[0]}: unknown key")
+        for key in sorted(CLAIM_KEYS):
+            if not isinstance(item.get(key), (str, int)) or isinstance(item.get(key), bool) \
+                    or not str(item.get(key)).strip():
+                raise UserError(f"{where}.{key}: expected text, got {shown(item.get(key))}")
+        out.append(Claim(str(item["point"]), str(item["spec"]), str(item["hypothesis"]),
+                         " ".join(str(item["author"]).split())))
+    return ClaimsFile(str(raw.get("title", "Results")), str(raw.get("source", "")), out)
+
+
+def agreement(v: Verdict) -> str:
+    """Whether the evidence agrees with the claim as the spec states it (`expect`)."""
+    outcome = v.comparison.verdict
+    if outcome == Outcome.SUPPORTED:
+        return "agrees: the evidence supports the claim"
+    if outcome == Outcome.REFUTED:
+        return "disagrees: the evidence refutes the claim"
+    if outcome == Outcome.INCONCLUSIVE:
+        need = v.comparison.seeds_needed
+        more = f"; about {need} seeds would decide" if need and need > v.comparison.n else ""
+        return f"undecided: the interval spans the claim's boundary at this budget{more}"
+    return f"no verdict ({v.why_no_verdict or v.comparison.note or 'the data cannot answer'})"
+
+
+def _num(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2f}"
+
+
+def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
+                  run_ids: Mapping[str, list[str]]) -> list[str]:
+    """The Markdown of one claim: `a` is its spec's analysis (None: not run yet)."""
+    out = [f"## Point {claim.point}: {claim.hypothesis} ({claim.spec})", "",
+           f"**The author's conclusion:** \"{claim.author}\"", ""]
+    if a is None:
+        return out + [f"**Not run yet:** the store holds no grid of `{claim.spec}`. Run "
+                      f"`cifarnet-exp run {claim.spec} --workers 2`, then this command again.",
+                      ""]
+    v = next((v for v in a.verdicts if v.hypothesis.id == claim.hypothesis), None)
+    if v is None:
+        raise UserError(f"claims: spec {claim.spec} has no hypothesis {claim.hypothesis!r} "
+                        f"(its hypotheses: {', '.join(h.id for h in a.spec.hypotheses)})")
+    c, h = v.comparison, v.hypothesis
+    # the report's own row (`hypotheses_table`): points for accuracies, nats for losses,
+    # epochs for `epochs_to:`
+    row = hypotheses_table(a).set_index("id").loc[h.id]
+    unit = row["unit"]
+    seeds = sorted(set(a.runs[a.runs["cell"].isin([v.a_cell, v.b_cell])
+                              & (a.runs["status"] == "FINISHED")]["seed"])) if len(a.runs) else []
+    eff, corr = row["pairing_efficiency"], row["corr"]
+    p = a.provenance
+    out += [f"**Claim as tested:** {h.claim} (`{h.expect}` on {h.metric}, region of practical "
+            f"equivalence {row['rope']:g} {unit}); a = `{v.a_cell}`, b = `{v.b_cell}`.", "",
+            "| verdict | evidence vs the author | a - b | 95% interval | p (t) | seeds (n) | "
+            "pairing gain |", "|---|---|---:|---|---:|---|---|",
+            f"| **{c.verdict}** | {agreement(v)} | {_num(row['mean_diff'])} {unit} | "
+            f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}] | "
+            f"{'n/a' if not math.isfinite(c.p_t) else f'{c.p_t:.3g}'} | "
+            f"{', '.join(map(str, seeds)) or '-'} ({c.n}) | "
+            + (f"x{eff:.2f} (corr {corr:+.2f})" if math.isfinite(eff) else "n/a") + " |", ""]
+    if c.note:
+        out += [f"Note: {c.note}", ""]
+    if p is not None:
+        out += [f"{p.budget[:1].upper()}{p.budget[1:]}. Data: {a.data_label or 'unknown'}."
+                + ("" if not p.reduced else
+                   f" **This is a reduced budget**, not the spec's; the full one is "
+                   f"`cifarnet-exp run {claim.spec} --workers 2`."), ""]
+        out += [f"- {k}: {val}" for k, val in p.fields if k in ("grid", "parent run", "recipe",
+                                                               "images", "epochs")]
+        out.append("")
+    for side, cell in (("a", v.a_cell), ("b", v.b_cell)):
+        ids = run_ids.get(cell, [])
+        out.append(f"- MLflow runs of {side} (`{cell}`): {', '.join(ids) or 'none'}")
+    out.append("")
+    out += [f"![{Path(x).stem}]({x})" for x in plots] + [""]
+    return out
+
+
+def write_results(claims: ClaimsFile, analyses: Mapping[str, Analysis | None],
+                  plots: Mapping[str, list[Path]], out: Path, command: str,
+                  store: str) -> Path:
+    """Write `out` (RESULTS.md) and copy each spec's plots into `out`'s folder under
+    `results/<spec>/`; return the page's path."""
+    folder = out.parent
+    rel: dict[str, list[str]] = {}
+    for spec, files in plots.items():
+        dest = folder / "results" / spec
+        dest.mkdir(parents=True, exist_ok=True)
+        rel[spec] = []
+        for f in files:
+            shutil.copyfile(f, dest / f.name)
+            rel[spec].append(f"results/{spec}/{f.name}")
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# {claims.title}", "",
+             f"Generated by `{command}` on {now} from the tracking store {store}; every "
+             "figure below is read back from its MLflow runs (parent and child run ids "
+             "given), with the same analysis as `cifarnet-exp report`. Do not edit by hand: "
+             "run the command again.", ""]
+    if claims.source:
+        lines += [f"Source of the claims: {claims.source}", ""]
+    lines += ["| point | hypothesis | verdict | evidence vs the author | budget |",
+              "|---|---|---|---|---|"]
+    for c in claims.claims:
+        a = analyses.get(c.spec)
+        v = next((v for v in a.verdicts if v.hypothesis.id == c.hypothesis), None) if a else None
+        lines.append(f"| {c.point} | {c.hypothesis} ({c.spec}) | "
+                     + (f"{v.comparison.verdict} | {agreement(v)} | "
+                        f"{a.provenance.budget if a.provenance else '-'} |" if v else
+                        "not run yet | - | - |"))
+    lines.append("")
+    for c in claims.claims:
+        a = analyses.get(c.spec)
+        ids: dict[str, list[str]] = {}
+        if a is not None and len(a.runs):
+            done = a.runs[a.runs["status"] == "FINISHED"]
+            for cell, rows in done.groupby("cell"):
+                ids[str(cell)] = list(rows.sort_values("seed")["run_id"])
+        lines += claim_section(c, a, rel.get(c.spec, []), ids)
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def spec_plots(a: Analysis, folder: Path) -> list[Path]:
+    """The grid's paired-difference and per-epoch plots (`analysis.plots`), in `folder`."""
+    from cifarnet.analysis.plots import plot_curves, plot_differences
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [plot_differences(a, folder / "differences.png"),
+            plot_curves(a, folder / "curves.png")]
+
+
+def analyses_for(claims: ClaimsFile, analyse: Any) -> dict[str, Analysis | None]:
+    """Each claimed spec's analysis by `analyse(spec_name)`; None where the store has no
+    grid of it (a UserError saying "no experiment" or "no ablation parent run")."""
+    out: dict[str, Analysis | None] = {}
+    for spec in dict.fromkeys(c.spec for c in claims.claims):
+        try:
+            out[spec] = analyse(spec)
+        except UserError as exc:
+            if "no experiment" not in str(exc) and "no ablation parent run" not in str(exc):
+                raise
+            out[spec] = None
+    return out
