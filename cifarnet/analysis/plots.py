@@ -175,7 +175,11 @@ def tuning_curves_figure(analysis: Analysis):
     ax.set_xlabel("trials")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("expected best validation accuracy (%)")
-    ax.set_title(_title(analysis, "tuning curves (expected best of n trials)"), fontsize=10)
+    t = analysis.spec.tune
+    trial = (f"; each trial {t.epochs} epoch(s), {t.val_size:,} validation images"
+             if t is not None else "")
+    ax.set_title(_title(analysis, f"tuning curves (expected best of n trials{trial})"),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     if any(c.n for c in analysis.tuning):
         ax.legend(fontsize=8)
