@@ -90,6 +90,25 @@ def _num(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2f}"
 
 
+def power_line(v: Verdict) -> str:
+    """The seeds this claim's verdict needs (80% power, `analysis.power.seeds_for_rope`), from
+    the spread of this grid's own paired differences (or the documented default)."""
+    from cifarnet.analysis.power import DEFAULT_SD, MAX_SEEDS, POWER, seeds_for_rope
+
+    c, h = v.comparison, v.hypothesis
+    if h.metric.startswith("epochs_to:") or h.rope <= 0:
+        return "Power: no seed count (a rope of 0, or epochs to a target)."
+    own = c.n >= 2 and math.isfinite(c.sd) and c.sd > 0
+    sd = c.sd if own else DEFAULT_SD
+    need = seeds_for_rope(h.expect, sd, h.rope)
+    src = (f"the sd of this grid's {c.n} paired differences, {sd * 100:.2f} points" if own
+           else f"the documented default sd, {sd * 100:.2f} points")
+    seeds = f"about {need} seeds" if need is not None else f"more than {MAX_SEEDS} seeds"
+    return (f"Power: with {src}, a decisive verdict at this rope ({h.rope * 100:g} points, "
+            f"at a true difference of 0) needs {seeds} for {POWER:.0%} power; this grid has "
+            f"{c.n}.")
+
+
 def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
                   run_ids: Mapping[str, list[str]]) -> list[str]:
     """The Markdown of one claim: `a` is its spec's analysis (None: not run yet)."""
@@ -123,6 +142,7 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
             + (f"x{eff:.2f} (corr {corr:+.2f})" if math.isfinite(eff) else "n/a") + " |", ""]
     if c.note:
         out += [f"Note: {c.note}", ""]
+    out += [power_line(v), ""]
     if p is not None:
         out += [f"{p.budget[:1].upper()}{p.budget[1:]}. Data: {a.data_label or 'unknown'}."
                 + ("" if not p.reduced else
