@@ -99,12 +99,15 @@ def power_line(v: Verdict) -> str:
     if h.metric.startswith("epochs_to:") or h.rope <= 0:
         return "Power: no seed count (a rope of 0, or epochs to a target)."
     own = c.n >= 2 and math.isfinite(c.sd) and c.sd > 0
+    if not own and not h.metric.endswith("_acc"):
+        return "Power: no seed count (no spread yet, and the default is for accuracies)."
     sd = c.sd if own else DEFAULT_SD
+    scale, unit = (100, "points") if h.metric.endswith("_acc") else (1, "nats")
     need = seeds_for_rope(h.expect, sd, h.rope)
-    src = (f"the sd of this grid's {c.n} paired differences, {sd * 100:.2f} points" if own
-           else f"the documented default sd, {sd * 100:.2f} points")
+    src = (f"the sd of this grid's {c.n} paired differences, {sd * scale:.2f} {unit}" if own
+           else f"the documented default sd, {sd * scale:.2f} {unit}")
     seeds = f"about {need} seeds" if need is not None else f"more than {MAX_SEEDS} seeds"
-    return (f"Power: with {src}, a decisive verdict at this rope ({h.rope * 100:g} points, "
+    return (f"Power: with {src}, a decisive verdict at this rope ({h.rope * scale:g} {unit}, "
             f"at a true difference of 0) needs {seeds} for {POWER:.0%} power; this grid has "
             f"{c.n}.")
 
