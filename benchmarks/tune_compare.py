@@ -69,8 +69,12 @@ def main() -> None:
                 for k, n in (("untuned", untuned["name"]), ("tuned", raw["name"]))}
     label = analyses["tuned"].data_label
     t = analyses["tuned"].spec.tune
+    from cifarnet.config.schema import flatten_mapping
+
+    base_text = ", ".join(f"{k}={v}" for k, v in flatten_mapping(raw["base"]).items())
     lines = [f"Data: {label}. Spec `{args.spec.name}`: "
-             f"verdict runs {raw['base']}, seeds {raw['seeds']}; tuning per arm "
+             f"verdict runs {base_text}, seeds {', '.join(map(str, raw['seeds']))}; "
+             "tuning per arm "
              f"{t.n_trials} trials x {t.epochs} epochs on {t.val_size:,} validation images, "
              f"sampler {t.sampler}, pruner {t.pruner}, trial seed {t.seed}; "
              f"--workers {args.workers}.", "",

@@ -261,3 +261,19 @@ def test_yaml_1_1_number_forms_are_refused_not_reinterpreted(text, key, tmp_path
 def test_yaml_1_2_numbers_still_read() -> None:
     assert safe_load("[0, -3, +4, 1_000, 0x1F, 0.5, .5, 1., 5e-5, 2.5E+3]") == [
         0, -3, 4, 1000, 31, 0.5, 0.5, 1.0, 5e-5, 2500.0]
+
+
+def test_importing_cifarnet_leaves_pyyaml_alone() -> None:
+    """Our loader reads YAML 1.2 numbers; it did so by rewriting PyYAML's own SafeLoader
+    table, so after `import cifarnet...` every `yaml.safe_load` in the process (MLflow's, a
+    user's, a benchmark's) read `8` as '8' and `0.5` as '0.5'."""
+    import subprocess
+    import sys
+
+    code = ("import yaml; t = 'a: 8\\nb: 0.5\\nc: 010\\nd: 1:30'; before = yaml.safe_load(t); "
+            "import cifarnet.cli.main, cifarnet.config.yamlio as y; "
+            "print(before == yaml.safe_load(t), yaml.safe_load(t), y.safe_load(t))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == ("True {'a': 8, 'b': 0.5, 'c': 8, 'd': 90} "
+                   "{'a': 8, 'b': 0.5, 'c': '010', 'd': '1:30'}")

@@ -64,9 +64,12 @@ FLOAT_RE = re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""", re.X)
-for _first, _resolvers in list(_Loader.yaml_implicit_resolvers.items()):
-    _Loader.yaml_implicit_resolvers[_first] = [
-        (tag, rx) for tag, rx in _resolvers if tag not in (INT_TAG, FLOAT_TAG)]
+# A copy of the inherited table: assigning into `_Loader.yaml_implicit_resolvers` before the
+# class has its own would rewrite PyYAML's `SafeLoader` table, and every `yaml.safe_load` in
+# the process (MLflow's, a user's) would read `8` and `0.5` as strings after importing us.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (INT_TAG, FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(INT_TAG, INT_RE, list("-+0123456789"))
 _Loader.add_implicit_resolver(FLOAT_TAG, FLOAT_RE, list("-+0123456789."))
 
