@@ -86,6 +86,7 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
     searches = {c.label: arm_search_spec(spec.name, spec.untuned_config(c), spec.tune)
                 for c in spec.arms()}
     trial_data = preload_data(s.base_config().data for s in searches.values())
+    waited = False
     try:
         while True:
             results, pending = [], False
@@ -115,7 +116,9 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
                 _record_best(grid.client, out.parent_run_id, results[-1])
             if not pending:
                 break
-            listener.message("waiting for other workers' trials to finish")
+            if not waited:  # said once, not every poll
+                listener.message("waiting for other workers' trials to finish")
+                waited = True
             if stop.wait(poll_interval) or stop.is_set():
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
