@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from cifarnet.analysis.stats import Expect
 from cifarnet.analysis.time_to import parse_time_to
@@ -154,6 +154,37 @@ class AblationSpec:
                 cfg = configs[cell.label].replace({"train.seed": seed})
                 out.append(Job(cell, seed, cfg, cfg.hash()))
         return out
+
+    def with_sets(self, assignments: Sequence[str]) -> "AblationSpec":
+        """A copy with the CLI's `--set KEY=VALUE` applied: run-config keys to the base
+        (`with_base`), `tune.n_trials`, `tune.epochs`, `tune.val_size` and `tune.seed` to the
+        `tune:` block (validated as the block is). Raises SpecError naming the `--set`."""
+        from cifarnet.config.schema import parse_assignments
+        from cifarnet.config.yamlio import parse_plain_scalar
+
+        tune_sets = [a for a in assignments if a.split("=", 1)[0].strip().startswith("tune.")]
+        rest = [a for a in assignments if a not in tune_sets]
+        spec = self.with_base(parse_assignments(rest)) if rest else self
+        if not tune_sets:
+            return spec
+        if spec.tune is None:
+            raise SpecError(f"--set {clip(tune_sets[0])}: the spec has no tune block")
+        from cifarnet.search.spec import TUNE_SETTABLE, parse_tune_block
+
+        raw = spec.tune.to_dict()
+        for a in tune_sets:
+            key, _, text = a.partition("=")
+            name = key.strip()[len("tune."):]
+            if name not in TUNE_SETTABLE:
+                raise SpecError(f"--set {clip(key.strip())}: only "
+                                f"{', '.join('tune.' + k for k in TUNE_SETTABLE)} can be set "
+                                "on the command line; edit the spec for the rest")
+            raw[name] = parse_plain_scalar(text)
+        try:
+            block = parse_tune_block(raw, spec.factors, spec.seeds, spec.base)
+        except SpecError as exc:
+            raise SpecError(f"--set {exc}") from None
+        return replace(spec, tune=block)
 
     def settled_jobs(self) -> list[Job]:
         """The jobs whose config is known: with a `tune:` block, an arm's jobs only once it

@@ -176,10 +176,10 @@ def tuning_curves_figure(analysis: Analysis):
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("expected best validation accuracy (%)")
     t = analysis.spec.tune
-    trial = (f"; each trial {t.epochs} epoch(s), {t.val_size:,} validation images"
+    data = f" - {analysis.data_label}" if analysis.data_label else ""
+    trial = (f"\neach trial: {t.epochs} epoch(s), validated on {t.val_size:,} images"
              if t is not None else "")
-    ax.set_title(_title(analysis, f"tuning curves (expected best of n trials{trial})"),
-                 fontsize=10)
+    ax.set_title(f"{analysis.spec.name}: tuning curves{data}{trial}", fontsize=9)
     ax.grid(alpha=0.3)
     if any(c.n for c in analysis.tuning):
         ax.legend(fontsize=8)

@@ -282,8 +282,10 @@ TUNING = ("Every arm of a hypothesis was tuned with the same budget before the v
           "from the training set; the trials held no test split), trial seed, sampler and "
           "pruner. The verdict runs train each arm's best configuration on the spec's seeds, "
           "none of them the trials' seed. 'expected best' is the expected best validation "
-          "accuracy of n trials (Dodge et al. 2019, 'Show Your Work'); a large gain over the "
-          "last doubling of trials says the budget was not enough for that arm.")
+          "accuracy of n trials (Dodge et al. 2019, 'Show Your Work'). 'budget enough?' says "
+          "no when the expected best rose, from half the trials to all of them, by more than "
+          "half the smallest rope at stake for that arm and by more than two validation "
+          "images: more trials would likely have changed the arm's recipe.")
 
 
 def tuning_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
@@ -292,16 +294,18 @@ def tuning_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
             "best trial", "best val_acc", "tuned values", "expected best: n/2 -> n trials",
             "budget enough?"]
     rows = []
-    for c in a.tuning:
+    order = {cell.label: i for i, cell in enumerate(a.spec.cells())}
+    for c in sorted(a.tuning, key=lambda c: order.get(c.cell, len(order))):
         failed = sum(v for k, v in c.trials.items() if k not in ("COMPLETE", "PRUNED"))
         gain = c.last_doubling_gain()
+        half = (c.n + 1) // 2
         ropes = [h.rope for h in a.spec.hypotheses
                  if c.cell in (a.spec.cell_of(h.a).label, a.spec.cell_of(h.b).label)]
-        bar = max(min(ropes, default=0.0) / 2, 0.001)  # half the smallest rope at stake
+        # half the smallest rope at stake, and at least two validation images' worth
+        bar = max(min(ropes, default=0.0) / 2, 2 / t.val_size)
         enough = ("-" if math.isnan(gain) else
-                  f"no: +{gain * 100:.2f} points over the last doubling" if gain > bar else
-                  f"yes: +{gain * 100:.2f} points over the last doubling")
-        half = (c.n + 1) // 2
+                  f"no: +{gain * 100:.2f} points from {half} to {c.n} trials" if gain > bar
+                  else f"yes: +{gain * 100:.2f} points from {half} to {c.n} trials")
         rows.append([c.cell, f"{c.trials.get('COMPLETE', 0)} / {c.trials.get('PRUNED', 0)} / "
                      f"{failed}", f"{t.epochs} epoch(s), {t.val_size:,} validation images, "
                      f"train.seed {t.seed}",

@@ -46,6 +46,22 @@ class ClaimsFile:
     claims: list[Claim]
 
 
+def claims_file(name: str) -> Path:
+    """The claims file `name`: the path as given, else under the working folder's
+    experiments/, else among the files shipped with cifarnet-exp. Raises UserError (--claims)
+    naming where it looked."""
+    from cifarnet.ablation.spec import SHIPPED_ROOT, SPECS_ROOT
+
+    for candidate in (Path(name), SPECS_ROOT / name, SHIPPED_ROOT / name):
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:  # a name longer than the file system allows
+            continue
+    raise UserError(f"--claims: no such file {name!r} (also looked for "
+                    f"{SPECS_ROOT / name} and the shipped {SHIPPED_ROOT.name}/{name})")
+
+
 def load_claims(path: Path) -> ClaimsFile:
     """Read a claims file; raise UserError naming the key (`claims[2].spec`) of a bad one."""
     raw = read_yaml_mapping(path)
@@ -86,6 +102,13 @@ def agreement(v: Verdict) -> str:
     return f"no verdict ({v.why_no_verdict or v.comparison.note or 'the data cannot answer'})"
 
 
+def _short(text: str) -> str:
+    try:
+        return f"{float(text):.4g}"
+    except ValueError:
+        return text
+
+
 def _num(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2f}"
 
@@ -107,20 +130,21 @@ def power_line(v: Verdict) -> str:
     src = (f"the sd of this grid's {c.n} paired differences, {sd * scale:.2f} {unit}" if own
            else f"the documented default sd, {sd * scale:.2f} {unit}")
     seeds = f"about {need} seeds" if need is not None else f"more than {MAX_SEEDS} seeds"
-    return (f"Power: with {src}, a decisive verdict at this rope ({h.rope * scale:g} {unit}, "
-            f"at a true difference of 0) needs {seeds} for {POWER:.0%} power; this grid has "
-            f"{c.n}.")
+    return (f"Power: with {src}, a decisive verdict at this rope ({h.rope * scale:g} {unit}) "
+            f"needs {seeds} for {POWER:.0%} power if the true difference is 0; this grid has "
+            f"{c.n}. (The verdict's \"~N seeds would decide\" instead assumes the observed "
+            "difference is the true one.)")
 
 
 def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
-                  run_ids: Mapping[str, list[str]]) -> list[str]:
-    """The Markdown of one claim: `a` is its spec's analysis (None: not run yet)."""
+                  run_ids: Mapping[str, list[str]], written: Any = None) -> list[str]:
+    """The Markdown of one claim: `a` is its spec's analysis (None: not run yet);
+    `written`: the spec file as it reads now (None: no file), to name how the grid differs."""
     out = [f"## Point {claim.point}: {claim.hypothesis} ({claim.spec})", "",
            f"**The author's conclusion:** \"{claim.author}\"", ""]
     if a is None:
         return out + [f"**Not run yet:** the store holds no grid of `{claim.spec}`. Run "
-                      f"`cifarnet-exp run {claim.spec} --workers 2`, then this command again.",
-                      ""]
+                      f"`cifarnet-exp run {claim.spec}`, then this command again.", ""]
     v = next((v for v in a.verdicts if v.hypothesis.id == claim.hypothesis), None)
     if v is None:
         raise UserError(f"claims: spec {claim.spec} has no hypothesis {claim.hypothesis!r} "
@@ -146,14 +170,25 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
     if c.note:
         out += [f"Note: {c.note}", ""]
     out += [power_line(v), ""]
+    changes = spec_changes(a.spec, written) if written is not None else []
     if p is not None:
-        out += [f"{p.budget[:1].upper()}{p.budget[1:]}. Data: {a.data_label or 'unknown'}."
-                + ("" if not p.reduced else
-                   f" **This is a reduced budget**, not the spec's; the full one is "
-                   f"`cifarnet-exp run {claim.spec} --workers 2`."), ""]
+        budget = f"{p.budget[:1].upper()}{p.budget[1:]}. Data: {a.data_label or 'unknown'}."
+        if changes:
+            budget += (f" **The grid ran the spec with changes**: {'; '.join(changes)}. The "
+                       f"spec as written: `cifarnet-exp run {claim.spec}`.")
+        elif p.reduced:
+            budget += (" This is the spec's own budget, below the default recipe's (30 epochs "
+                       "on the full training set).")
+        out += [budget, ""]
         out += [f"- {k}: {val}" for k, val in p.fields if k in ("grid", "parent run", "recipe",
                                                                "images", "epochs")]
         out.append("")
+    for c_ in a.tuning:
+        if c_.cell in (v.a_cell, v.b_cell):
+            out.append(f"- tuned before the verdict (tune, then compare): `{c_.cell}` at "
+                       + ", ".join(f"{k}={_short(x)}" for k, x in c_.tuned.items())
+                       + f" (best of {c_.n} trials, trial {c_.best_trial}, val_acc "
+                       + (f"{c_.best_value:.4f})" if c_.best_value is not None else "n/a)"))
     for side, cell in (("a", v.a_cell), ("b", v.b_cell)):
         ids = run_ids.get(cell, [])
         out.append(f"- MLflow runs of {side} (`{cell}`): {', '.join(ids) or 'none'}")
@@ -164,18 +199,19 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
 
 def write_results(claims: ClaimsFile, analyses: Mapping[str, Analysis | None],
                   plots: Mapping[str, list[Path]], out: Path, command: str,
-                  store: str) -> Path:
+                  store: str, written: Mapping[str, Any] | None = None) -> Path:
     """Write `out` (RESULTS.md) and copy each spec's plots into `out`'s folder under
     `results/<spec>/`; return the page's path."""
     folder = out.parent
     rel: dict[str, list[str]] = {}
     for spec, files in plots.items():
-        dest = folder / "results" / spec
+        name = analyses[spec].spec.name if analyses.get(spec) is not None else spec
+        dest = folder / "results" / name  # the experiment's name: one folder per grid
         dest.mkdir(parents=True, exist_ok=True)
         rel[spec] = []
         for f in files:
             shutil.copyfile(f, dest / f.name)
-            rel[spec].append(f"results/{spec}/{f.name}")
+            rel[spec].append(f"results/{name}/{f.name}")
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# {claims.title}", "",
              f"Generated by `{command}` on {now} from the tracking store {store}; every "
@@ -201,7 +237,7 @@ def write_results(claims: ClaimsFile, analyses: Mapping[str, Analysis | None],
             done = a.runs[a.runs["status"] == "FINISHED"]
             for cell, rows in done.groupby("cell"):
                 ids[str(cell)] = list(rows.sort_values("seed")["run_id"])
-        lines += claim_section(c, a, rel.get(c.spec, []), ids)
+        lines += claim_section(c, a, rel.get(c.spec, []), ids, (written or {}).get(c.spec))
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -217,13 +253,44 @@ def spec_plots(a: Analysis, folder: Path) -> list[Path]:
 
 def analyses_for(claims: ClaimsFile, analyse: Any) -> dict[str, Analysis | None]:
     """Each claimed spec's analysis by `analyse(spec_name)`; None where the store has no
-    grid of it (a UserError saying "no experiment" or "no ablation parent run")."""
+    grid of it yet but the spec file exists (it can be run). Raises UserError naming
+    `claims[i].spec` for a name that is neither a spec file nor an experiment of the store."""
+    from cifarnet.ablation.spec import resolve_spec_path
+
     out: dict[str, Analysis | None] = {}
-    for spec in dict.fromkeys(c.spec for c in claims.claims):
+    for i, claim in enumerate(claims.claims):
+        if claim.spec in out:
+            continue
         try:
-            out[spec] = analyse(spec)
+            out[claim.spec] = analyse(claim.spec)
         except UserError as exc:
             if "no experiment" not in str(exc) and "no ablation parent run" not in str(exc):
                 raise
-            out[spec] = None
+            try:
+                resolve_spec_path(claim.spec)
+            except UserError:
+                raise UserError(f"claims[{i}].spec: {claim.spec!r} is neither a spec file nor "
+                                "an experiment of the store") from None
+            out[claim.spec] = None
+    return out
+
+
+def spec_changes(ran: Any, written: Any) -> list[str]:
+    """How the grid's spec as it ran (`ran`, logged on its parent run) differs from the spec
+    file as written (`written`): base keys, factors, seeds, match, tune; [] when alike."""
+    from cifarnet.config.schema import flatten_mapping
+
+    out = []
+    b_ran, b_file = flatten_mapping(ran.base), flatten_mapping(written.base)
+    for key in sorted(set(b_ran) | set(b_file)):
+        if b_ran.get(key) != b_file.get(key):
+            out.append(f"{key}={b_ran.get(key, 'default')} (the file: "
+                       f"{b_file.get(key, 'default')})")
+    for name in ("factors", "seeds", "match"):
+        if getattr(ran, name) != getattr(written, name):
+            out.append(f"{name} {getattr(ran, name)} (the file: {getattr(written, name)})")
+    tr = ran.tune.to_dict() if ran.tune else None
+    tw = written.tune.to_dict() if written.tune else None
+    if tr != tw:
+        out.append(f"tune {tr} (the file: {tw})")
     return out

@@ -234,8 +234,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     from cifarnet.tracking.results import find_parent_run
 
     spec = load_spec(spec_path)
-    if assignments:
-        spec = spec.with_base(parse_assignments(assignments))
+    if assignments:  # run-config keys into the base; tune.* into the tune block
+        spec = spec.with_sets(assignments)
     if until_decided and len(spec.cells()) * max_seeds > MAX_RUNS:
         raise UserError(f"--max-seeds: {len(spec.cells())} cell(s) x {max_seeds} seeds is more "
                         f"than the limit of {MAX_RUNS:,} runs per grid")
@@ -437,30 +437,55 @@ def _dry_run_estimate(spec: Any, jobs: list[Any], workers: int, workspace: Any,
         return f"predicted time: none (the data cannot be loaded here: {exc})"
     from cifarnet.ablation.estimate import hms
 
-    verdict = _estimate(spec, jobs, data, workers, workspace, reuse)
     if spec.tune is None:
-        return verdict.line()
-    tuning = _tuning_estimate(spec, workers)
+        return _estimate(spec, jobs, data, workers, workspace, reuse).line()
+    done, tuned = _tuning_progress(spec, data, workspace)
+    if tuned:  # tuned before: no trial left, the verdict's jobs known, some may be done
+        done = {c.label: spec.tune.n_trials for c in spec.arms()}
+        spec = spec.with_tuned(tuned)
+        jobs = spec.jobs()
+        data = preload_data(j.config.data for j in jobs)
+    verdict = _estimate(spec, jobs, data, workers, workspace, reuse)
+    tuning = _tuning_estimate(spec, workers, done)
+    pruned = (", an upper bound: pruned trials stop early"
+              if spec.tune.pruner.get("type") != "none" else "")
+    cells = ("the arms at their tuned values" if tuned else "the arms at values not yet tuned")
     return (f"tuning ({len(spec.arms())} arm(s) x {spec.tune.n_trials} trial(s) x "
-            f"{spec.tune.epochs} epoch(s), on {spec.tune.val_size:,} validation images; an "
-            f"upper bound: pruned trials stop early): {tuning.line()}\n"
-            f"verdict (the tuned arms on seeds {', '.join(map(str, spec.seeds))}): "
+            f"{spec.tune.epochs} epoch(s), on {spec.tune.val_size:,} validation images"
+            f"{pruned}): {tuning.line()}\n"
+            f"verdict (every cell on seeds {', '.join(map(str, spec.seeds))}, {cells}): "
             f"{verdict.line()}\n"
             f"in all: {hms(tuning.wall_s + verdict.wall_s)} (h:mm:ss)")
 
 
-def _tuning_estimate(spec: Any, workers: int) -> Any:
-    """The predicted cost of every arm's study (`search.tune.trial_jobs`): all trials run
-    to the end (none pruned, none already run)."""
+def _tuning_progress(spec: Any, data: dict, workspace: Any) -> tuple[dict, dict]:
+    """Read-only: the arms' trials this grid already counts and its recorded tuned values
+    (`tracking.results.tuning_progress`); nothing when the store does not exist."""
+    from cifarnet.ablation.runner import grid_id
+    from cifarnet.tracking.client import mlflow_client
+    from cifarnet.tracking.results import tuning_progress
+    from cifarnet.tracking.store import store_exists
+
+    if not store_exists(workspace):  # opening it would create it (--dry-run writes nothing)
+        return {}, {}
+    gid = grid_id(spec, {d.fingerprint for d in data.values()})
+    return tuning_progress(mlflow_client(workspace.tracking_uri), spec.name, gid)
+
+
+def _tuning_estimate(spec: Any, workers: int, done: dict[str, int] | None = None) -> Any:
+    """The predicted cost of the arms' trials still to run (`search.tune.trial_jobs`): each
+    to the end (none pruned); `done`: trials already counted, by arm."""
     from cifarnet.ablation.estimate import estimate_grid
     from cifarnet.cli.workers import cpu_count
     from cifarnet.data.datasets import preload_data
     from cifarnet.search.tune import trial_jobs
 
-    trials = trial_jobs(spec)
+    trials = trial_jobs(spec, done)
     data = {k: d.without_test() for k, d in
             preload_data(j.config.data for j in trials).items()}
-    return estimate_grid(trials, data, workers, cpu_count() // workers, set())
+    est = estimate_grid(trials, data, workers, cpu_count() // workers, set())
+    return dataclasses.replace(est, covered=sum(min(v, spec.tune.n_trials)
+                                                for v in (done or {}).values()))
 
 
 def _dry_run_power(spec: Any, workspace: Any, seeds: int) -> list[str]:
@@ -578,9 +603,10 @@ def results_cmd(claims_path: str, out_file: str) -> None:
 
     quiet_libraries()
 
-    from cifarnet.ablation.spec import resolve_spec_path
+    from cifarnet.ablation.spec import load_spec
     from cifarnet.analysis.report import analyze_grid
     from cifarnet.analysis.results import (
+        claims_file,
         analyses_for,
         load_claims,
         spec_plots,
@@ -590,9 +616,15 @@ def results_cmd(claims_path: str, out_file: str) -> None:
     from cifarnet.tracking.urls import masked
 
     workspace = click.get_current_context().obj
-    claims = load_claims(resolve_spec_path(claims_path, "."))
+    claims = load_claims(claims_file(claims_path))
     analyses = analyses_for(claims, lambda name: analyze_grid(
         find_parent_run(name, workspace), with_history=True))
+    written = {}
+    for c in claims.claims:  # the spec files as they read now: a grid that ran otherwise is named
+        try:
+            written[c.spec] = load_spec(c.spec)
+        except UserError:
+            written[c.spec] = None
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cifarnet-results-") as tmp:
@@ -601,7 +633,8 @@ def results_cmd(claims_path: str, out_file: str) -> None:
         argv = " ".join(["cifarnet-exp results", *(
             [f"--claims {claims_path}"] if claims_path != "seed_claims.yaml" else []),
             *([f"--out {out_file}"] if out_file != "RESULTS.md" else [])])
-        write_results(claims, analyses, plots, out, argv, masked(workspace.tracking_uri))
+        write_results(claims, analyses, plots, out, argv, masked(workspace.tracking_uri),
+                      written)
     missing = [name for name, a in analyses.items() if a is None]
     click.echo(f"{out}: {len(claims.claims)} claim(s) from {len(analyses)} spec(s)"
                + (f"; not run yet: {', '.join(missing)}" if missing else ""))

@@ -273,6 +273,7 @@ def _parse_choice(raw: Any, where: str, kinds: dict[str, set[str]]) -> dict[str,
 # ---- an ablation spec's `tune:` block (tune, then compare) ----------------------------------
 
 TUNE_KEYS = {"space", "n_trials", "epochs", "val_size", "seed", "sampler", "pruner"}
+TUNE_SETTABLE = ("n_trials", "epochs", "val_size", "seed")  # `--set tune.KEY=VALUE`
 TUNE_OBJECTIVE = Objective("val_acc", "maximize")
 DEFAULT_TUNE_SEED = 1000  # the trials' train.seed unless `tune.seed` says otherwise
 

@@ -50,7 +50,7 @@ from cifarnet.tracking.store import (
 )
 from cifarnet.tracking.tags import (
     MLFLOW_PARENT,
-    TAG_CELL,
+    TAG_ARM,
     TAG_HASH,
     TAG_OPTUNA_STATE,
     TAG_OPTUNA_STUDY,
@@ -197,7 +197,7 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
         parent_name, parent_tags = f"{spec.name} (study)", {TAG_ROLE: Role.STUDY}
     else:
         experiment_id, parent_name = nest.experiment_id, f"tune {nest.cell}"
-        parent_tags = {TAG_ROLE: Role.ARM_STUDY, TAG_CELL: nest.cell,
+        parent_tags = {TAG_ROLE: Role.ARM_STUDY, TAG_ARM: nest.cell,
                        MLFLOW_PARENT: nest.parent_run_id}
         final = False  # the arms' verdict runs are the grid's own
     study.set_user_attr("data_label", data.label)
@@ -210,7 +210,7 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
     target = (until if until is not None else spec.n_trials if n_trials is None
               else len(counted_trials(study)) + n_trials)
     objective = _Objective(spec, base, data.without_test(), client, experiment_id, parent,
-                           callbacks, Role.ARM_TRIAL if nest else Role.TRIAL)
+                           callbacks, nest)
 
     try:
         while len(counted_trials(study)) < target:
@@ -352,20 +352,25 @@ class _Objective:
     def __init__(self, spec: SearchSpec, base: RunConfig, data: Dataset, client: Any,
                  experiment_id: str, parent: str,
                  callbacks: Callable[[int], list[Callback]] | None,
-                 role: Role = Role.TRIAL) -> None:
+                 nest: Nest | None = None) -> None:
         if data.test is not None:
             raise ValueError("a trial's data must hold no test split (Dataset.without_test)")
-        self.spec, self.base, self.data, self.client, self.role = spec, base, data, client, role
+        self.spec, self.base, self.data, self.client = spec, base, data, client
+        # an arm's trials: their role, the arm as a tag and in the run name
+        self.role = Role.ARM_TRIAL if nest else Role.TRIAL
+        self.arm = {TAG_ARM: nest.cell} if nest else {}
+        self.prefix = f"tune {nest.cell} " if nest else ""
         self.experiment_id, self.parent = experiment_id, parent
         self.callbacks = callbacks or (lambda number: [])
         self.run_ids: dict[int, str] = {}  # trial number -> its MLflow run
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         cfg = self.base.replace(suggest(trial, self.spec))
-        tags = {TAG_ROLE: self.role, TAG_SPEC: self.spec.name,
+        tags = {TAG_ROLE: self.role, **self.arm, TAG_SPEC: self.spec.name,
                 TAG_OPTUNA_TRIAL_NUMBER: str(trial.number), TAG_HASH: cfg.hash()}
         try:
-            with tracked_run(self.client, self.experiment_id, f"trial {trial.number}", tags,
+            with tracked_run(self.client, self.experiment_id,
+                             f"{self.prefix}trial {trial.number}", tags,
                              parent_run_id=self.parent) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
                 self.run_ids[trial.number] = run.run_id

@@ -30,7 +30,7 @@ from cifarnet.data.datasets import Dataset, data_key, preload_data
 from cifarnet.errors import UserError
 from cifarnet.search.spec import arm_search_spec
 from cifarnet.search.study import Nest, run_search
-from cifarnet.tracking.results import TUNED_ARTIFACT
+from cifarnet.tracking.results import TUNED_ARTIFACT, tuned_values
 from cifarnet.tracking.tags import METRIC_BEST_VAL, PARAM_TUNED, TAG_BEST_TRIAL
 from cifarnet.training.callbacks import StopEvent, StopOnEvent
 from cifarnet.workspace import Workspace
@@ -53,13 +53,15 @@ def arm_study_name(spec: AblationSpec, grid: str, cell: Cell) -> str:
     return f"tune.{spec.name}.{grid}.{hashlib.sha256(cell.label.encode()).hexdigest()[:8]}"
 
 
-def trial_jobs(spec: AblationSpec) -> list[Job]:
-    """Every arm's trials as jobs at the space's starting config (for the cost estimate:
-    `n_trials` per arm, `tune.epochs` each, on the trials' data)."""
+def trial_jobs(spec: AblationSpec, done: dict[str, int] | None = None) -> list[Job]:
+    """The arms' trials still to run as jobs at the space's starting config (for the cost
+    estimate: `n_trials` per arm less the `done` ones, `tune.epochs` each, on the trials'
+    data)."""
     out = []
     for cell in spec.arms():
         cfg = arm_search_spec(spec.name, spec.untuned_config(cell), spec.tune).base_config()
-        out += [Job(cell, spec.tune.seed, cfg, cfg.hash())] * spec.tune.n_trials
+        left = max(0, spec.tune.n_trials - (done or {}).get(cell.label, 0))
+        out += [Job(cell, spec.tune.seed, cfg, cfg.hash())] * left
     return out
 
 
@@ -83,6 +85,12 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
                      grace_period, data, listener, stop)
     if estimate is not None and grid.parent_created:
         log_estimate(grid, estimate())
+    recorded = tuned_values(grid.client, grid.parent_run_id)
+    if recorded and all(c.label in recorded for c in spec.arms()):
+        # tuned before: the studies are complete (their budget is the grid's identity), so
+        # none is reopened (a reopened study's run would get a new end time)
+        listener.message("every arm was tuned before (tuned.yaml on the grid's parent run)")
+        return spec.with_tuned(recorded), []
     searches = {c.label: arm_search_spec(spec.name, spec.untuned_config(c), spec.tune)
                 for c in spec.arms()}
     trial_data = preload_data(s.base_config().data for s in searches.values())

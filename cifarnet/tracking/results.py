@@ -13,6 +13,7 @@ final metric as `metrics.<name>`, and `history` (test accuracy per epoch) when a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -26,6 +27,7 @@ from cifarnet.tracking.tags import (
     METRIC_BEST_VAL,
     MLFLOW_PARENT,
     PARAM_TUNED,
+    TAG_ARM,
     TAG_BEST_TRIAL,
     TAG_OPTUNA_STATE,
     TAG_OPTUNA_TRIAL_NUMBER,
@@ -126,7 +128,7 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     fps = frozenset(filter(None, parent.data.tags.get(TAG_DATA, "").split(",")))
     spec = parse_spec(raw)
     if spec.tune is not None:  # the arms' tuned values, once tuning is complete
-        spec = spec.with_tuned(_tuned_values(client, parent.info.run_id))
+        spec = spec.with_tuned(tuned_values(client, parent.info.run_id))
     return ParentRun(spec, name, exp.experiment_id, parent.info.run_id, workspace,
                      fps, parent.data.tags.get(TAG_GRID, ""), len(grids),
                      parent.info.start_time)
@@ -178,15 +180,44 @@ def load_runs(spec_or_experiment: str | ParentRun, with_history: bool = False,
 TUNED_ARTIFACT = "tuned.yaml"  # on a tuned grid's parent: cell label -> its arm's best values
 
 
-def _tuned_values(client: Any, parent_run_id: str) -> dict[str, dict[str, Any]]:
+def tuned_values(client: Any, parent_run_id: str) -> dict[str, dict[str, Any]]:
     """The arms' tuned values a grid's parent records (`search.tune.tune_grid`); {} before
     its tuning is complete."""
-    import mlflow
+    import tempfile
 
     if not any(f.path == TUNED_ARTIFACT for f in client.list_artifacts(parent_run_id)):
         return {}
-    return safe_load(retry_setup(
-        lambda: mlflow.artifacts.load_text(f"runs:/{parent_run_id}/{TUNED_ARTIFACT}"))) or {}
+    with tempfile.TemporaryDirectory(prefix="cifarnet-tuned-") as tmp:
+        path = client.download_artifacts(parent_run_id, TUNED_ARTIFACT, tmp)
+        return safe_load(Path(path).read_text()) or {}
+
+
+def tuning_progress(client: Any, experiment: str, grid: str) -> tuple[dict[str, int],
+                                                                   dict[str, dict[str, Any]]]:
+    """Read-only, for `--dry-run`: the newest parent run of grid `grid` (tag cifarnet.grid)
+    in `experiment`, its arms' trials that count (COMPLETE or PRUNED, by arm) and its recorded
+    tuned values (`tuned_values`); ({}, {}) when the store has no such grid."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}, {}
+    parents = client.search_runs([exp.experiment_id],
+                                 f"tags.`{TAG_ROLE}` = '{Role.PARENT}' and "
+                                 f"tags.`{TAG_GRID}` = '{grid}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        return {}, {}
+    parent = parents[0].info.run_id
+    studies = client.search_runs([exp.experiment_id],
+                                 f"tags.`{TAG_ROLE}` = '{Role.ARM_STUDY}' and "
+                                 f"tags.`{MLFLOW_PARENT}` = '{parent}'", max_results=1000)
+    done: dict[str, int] = {}
+    for study in studies:
+        trials = client.search_runs([exp.experiment_id],
+                                    f"tags.`{MLFLOW_PARENT}` = '{study.info.run_id}'",
+                                    max_results=50_000)
+        done[study.data.tags.get(TAG_ARM, "")] = sum(
+            t.data.tags.get(TAG_OPTUNA_STATE) in ("COMPLETE", "PRUNED") for t in trials)
+    return done, tuned_values(client, parent)
 
 
 def load_tuning(grid: ParentRun) -> pd.DataFrame:
@@ -217,7 +248,7 @@ def load_tuning(grid: ParentRun) -> pd.DataFrame:
                  if str(c).startswith(f"params.{PARAM_TUNED}") and isinstance(v, str)}
         best = study.get(f"tags.{TAG_BEST_TRIAL}")
         for _, t in trials.iterrows():
-            rows.append({"cell": study[f"tags.{TAG_CELL}"],
+            rows.append({"cell": study.get(f"tags.{TAG_ARM}"),
                          "trial": int(t[f"tags.{TAG_OPTUNA_TRIAL_NUMBER}"]),
                          "state": t.get(f"tags.{TAG_OPTUNA_STATE}"),
                          "val_acc": t.get("metrics.val_acc"), "run_id": t["run_id"],

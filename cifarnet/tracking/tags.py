@@ -30,6 +30,8 @@ TAG_OPTUNA_TRIAL_NUMBER = "optuna.trial_number"
 TAG_OPTUNA_STUDY = "optuna.study"
 # an arm's study parent once its study is complete: the best trial and the tuned values
 TAG_BEST_TRIAL = "cifarnet.best_trial"
+TAG_ARM = "cifarnet.arm"  # an arm's study and trials: the cell they tune (not TAG_CELL, which
+# groups a grid's verdict runs in MLflow's UI)
 METRIC_BEST_VAL = "best_val_acc"
 PARAM_TUNED = "tuned."  # + config key: the arm's tuned value, a param of its study parent
 
