@@ -121,7 +121,7 @@ def test_verdict_runs_are_fresh_seeds_with_each_arms_best(grid) -> None:
     assert sorted(verdict["params.train.seed"].astype(int)) == [0, 0, 1, 1]
     assert (verdict["params.data.val_size"] == "0").all()  # the full training set
     for _, study in arm_studies.iterrows():
-        cell = study["tags.cifarnet.cell"]
+        cell = study["tags.cifarnet.arm"]
         best = trials[(trials["tags.mlflow.parentRunId"] == study["run_id"])]
         top = best[best["metrics.val_acc"] == best["metrics.val_acc"].max()]
         assert study["metrics.best_val_acc"] == pytest.approx(top["metrics.val_acc"].max())
@@ -154,7 +154,8 @@ def test_dry_run_prints_tuning_and_verdict_costs_apart(tmp_path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"tuning (2 arm(s) x {N_TRIALS} trial(s) x 1 epoch(s)" in r.stdout
     assert f"predicted: {2 * N_TRIALS} run(s) to train" in r.stdout
-    assert "verdict (the tuned arms on seeds 0, 1): predicted: 4 run(s)" in r.stdout
+    assert ("verdict (every cell on seeds 0, 1, the arms at values not yet tuned): "
+            "predicted: 4 run(s)") in r.stdout
     assert "in all:" in r.stdout
     assert not (tmp_path / "mlruns").exists()
 
@@ -313,3 +314,43 @@ def test_expected_max_matches_the_closed_form() -> None:
     assert curve == sorted(curve) and curve[-1] < 0.4
     with pytest.raises(ValueError):
         expected_max([], 1)
+
+
+def test_a_rerun_reopens_no_study_and_the_dry_run_counts_what_is_done(grid) -> None:
+    folder, _ = grid
+    before = all_runs(folder)
+    studies_before = before[before["tags.cifarnet.role"] == "arm_study"].set_index("run_id")
+    r = subprocess.run([EXE, "run", "spec.yaml"], cwd=folder, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "every arm was tuned before" in r.stdout + r.stderr
+    assert "0 run(s) finished here, 4 already done" in r.stdout
+    after = all_runs(folder)
+    studies_after = after[after["tags.cifarnet.role"] == "arm_study"].set_index("run_id")
+    assert (studies_after["end_time"] == studies_before["end_time"]).all()  # not reopened
+    trials = after[after["tags.cifarnet.role"] == "arm_trial"]
+    assert set(trials["tags.cifarnet.arm"]) == set(studies_after["tags.cifarnet.arm"])
+    assert trials["tags.mlflow.runName"].str.match(r"tune residual_add=(true|false) trial \d").all()
+    dry = subprocess.run([EXE, "run", "spec.yaml", "--dry-run"], cwd=folder,
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    assert f"predicted: 0 run(s) to train ({2 * N_TRIALS} already done" in dry.stdout
+    assert "the arms at their tuned values): predicted: 0 run(s) to train (4 already" in dry.stdout
+
+
+def test_set_shrinks_the_tuning_budget_and_names_the_key() -> None:
+    spec = parse_spec(_raw())
+    small = spec.with_sets(["tune.n_trials=2", "tune.epochs=3", "train.epochs=2"])
+    assert (small.tune.n_trials, small.tune.epochs, small.base["train.epochs"]) == (2, 3, 2)
+    from cifarnet.ablation.runner import grid_id
+
+    assert grid_id(small) != grid_id(spec.with_sets(["train.epochs=2"]))  # a new grid
+    for bad, key in (("tune.space=1", "--set tune.space: only tune.n_trials"),
+                     ("tune.n_trials=0", "--set tune.n_trials: expected an integer"),
+                     ("tune.seed=1", "--set tune.seed: 1 is also a verdict seed")):
+        with pytest.raises(SpecError) as err:
+            spec.with_sets([bad])
+        assert str(err.value).startswith(key), str(err.value)
+    untuned = parse_spec({k: v for k, v in _raw().items() if k != "tune"})
+    with pytest.raises(SpecError, match="^--set tune.epochs=1: the spec has no tune block"):
+        untuned.with_sets(["tune.epochs=1"])
