@@ -181,7 +181,7 @@ class AblationSpec:
                                 "on the command line; edit the spec for the rest")
             raw[name] = parse_plain_scalar(text)
         try:
-            block = parse_tune_block(raw, spec.factors, spec.seeds, spec.base)
+            block = parse_tune_block(raw, spec.factors, spec.seeds, spec.base, spec.match)
         except SpecError as exc:
             raise SpecError(f"--set {exc}") from None
         return replace(spec, tune=block)
@@ -202,6 +202,8 @@ class AblationSpec:
         for key in flatten_mapping(overrides):
             if key in self.factors:
                 raise SpecError(f"--set {key}: is a factor of the spec; it cannot be fixed")
+            if key == "train.seed":
+                raise SpecError("--set train.seed: seeds are given by the spec's `seeds` list")
             if self.tune is not None and key in self.tune.keys():
                 raise SpecError(f"--set {key}: is tuned per arm (tune.space); it cannot be "
                                 "fixed")
@@ -328,7 +330,13 @@ def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
         if not hypotheses:
             raise SpecError("tune: no hypothesis names a cell to tune; add hypotheses, or "
                             "drop the tune block")
-        spec = replace(spec, tune=parse_tune_block(raw["tune"], factors, seeds, base))
+        spec = replace(spec, tune=parse_tune_block(raw["tune"], factors, seeds, base, match))
+        for i, h in enumerate(hypotheses):
+            target = parse_time_to(h.metric)
+            if (target.metric if target else h.metric) in VAL_METRICS:
+                raise SpecError(f"hypotheses[{i}].metric: {h.metric} in a tuned grid would "
+                                "score the arms on the validation images that chose their "
+                                "recipes; use a test_* metric")
     if match is not None:
         spec.jobs([spec.seeds[0]])  # every cell has a matching width, or SpecError now
     return spec

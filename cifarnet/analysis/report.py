@@ -290,7 +290,8 @@ TUNING = ("Every arm of a hypothesis was tuned with the same budget before the v
 
 def tuning_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
     t = a.spec.tune
-    head = ["arm", "trials (complete / pruned / failed)", "budget per trial", "sampler",
+    head = ["arm", "trials (complete / pruned / failed or interrupted)", "budget per trial",
+            "sampler",
             "best trial", "best val_acc", "tuned values", "expected best: n/2 -> n trials",
             "budget enough?"]
     rows = []

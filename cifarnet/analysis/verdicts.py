@@ -225,6 +225,11 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
     runs["did_not_learn"] = learning_flags(runs) if len(runs) else pd.Series(dtype=object)
     verdicts = [judge(h, spec.cell_of(h.a).label, spec.cell_of(h.b).label, runs)
                 for h in spec.hypotheses]
+    if spec.tune is not None:  # an arm not tuned yet has no verdict runs to answer with
+        untuned = {c.label for c in spec.arms()} - set(spec.tuned)
+        why = "tuning incomplete: rerun the grid to finish its studies and verdict runs"
+        verdicts = [replace(v, comparison=_no_verdict(v.comparison, why), why_no_verdict=why)
+                    if {v.a_cell, v.b_cell} & untuned else v for v in verdicts]
     adjusted = holm_adjust([v.p_verdict for v in verdicts])
     verdicts = [replace(v, p_holm=p, verdict_holm=adjusted_verdict(v.comparison.verdict, p))
                 for v, p in zip(verdicts, adjusted)]

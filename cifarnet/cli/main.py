@@ -241,6 +241,10 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
                         f"than the limit of {MAX_RUNS:,} runs per grid")
     jobs = spec.jobs()
     workspace = click.get_current_context().obj
+    if spec.tune is not None:  # a split the trials' data cannot give: refused before any write
+        from cifarnet.search.tune import load_trial_data, trial_jobs
+
+        load_trial_data([j.config for j in trial_jobs(spec)])
     if dry_run:
         from cifarnet.queue.jobs import check_storage_url
 
@@ -477,12 +481,11 @@ def _tuning_estimate(spec: Any, workers: int, done: dict[str, int] | None = None
     to the end (none pruned); `done`: trials already counted, by arm."""
     from cifarnet.ablation.estimate import estimate_grid
     from cifarnet.cli.workers import cpu_count
-    from cifarnet.data.datasets import preload_data
-    from cifarnet.search.tune import trial_jobs
+    from cifarnet.search.tune import load_trial_data, trial_jobs
 
     trials = trial_jobs(spec, done)
     data = {k: d.without_test() for k, d in
-            preload_data(j.config.data for j in trials).items()}
+            load_trial_data([j.config for j in trials]).items()}
     est = estimate_grid(trials, data, workers, cpu_count() // workers, set())
     return dataclasses.replace(est, covered=sum(min(v, spec.tune.n_trials)
                                                 for v in (done or {}).values()))
@@ -606,6 +609,7 @@ def results_cmd(claims_path: str, out_file: str) -> None:
     from cifarnet.ablation.spec import load_spec
     from cifarnet.analysis.report import analyze_grid
     from cifarnet.analysis.results import (
+        check_claims,
         claims_file,
         analyses_for,
         load_claims,
@@ -625,10 +629,12 @@ def results_cmd(claims_path: str, out_file: str) -> None:
             written[c.spec] = load_spec(c.spec)
         except UserError:
             written[c.spec] = None
+    check_claims(claims, analyses, written)
     out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise UserError(f"--out: {out} is a folder; give the page's file name")
     with tempfile.TemporaryDirectory(prefix="cifarnet-results-") as tmp:
-        plots = {name: spec_plots(a, Path(tmp) / name)
+        plots = {name: spec_plots(a, Path(tmp) / a.spec.name)
                  for name, a in analyses.items() if a is not None}
         argv = " ".join(["cifarnet-exp results", *(
             [f"--claims {claims_path}"] if claims_path != "seed_claims.yaml" else []),

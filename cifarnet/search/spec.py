@@ -24,6 +24,7 @@ from cifarnet.config.schema import (
     is_result_key,
 )
 from cifarnet.config.yamlio import read_yaml_mapping
+from cifarnet.data.datasets import DATA_KEYS
 from cifarnet.errors import ConfigError, clip, shown
 
 SEARCH_KEYS = {"name", "description", "base", "space", "objective", "objectives", "n_trials",
@@ -161,6 +162,9 @@ def _parse_space(raw: Any) -> list[Param]:
         if not is_result_key(key):
             raise SpecError(f"{where}: cannot change a result (it is left out of a run's "
                             "identity); set it in base")
+        if key.startswith("data.") and key.split(".", 1)[1] in DATA_KEYS:
+            raise SpecError(f"{where}: selects the images (the trials train on data loaded "
+                            "once, before the first trial); set it in base")
         if not isinstance(dist, Mapping) or dist.get("type") not in PARAM_TYPES:
             raise SpecError(f"{where}.type: expected one of {', '.join(PARAM_TYPES)}")
         extra = sorted(set(dist) - PARAM_TYPES[dist["type"]])
@@ -189,7 +193,7 @@ def _parse_param(key: str, dist: Mapping[str, Any], where: str) -> Param:
         if isinstance(value, bool) or not number_ok or not math.isfinite(value):
             raise SpecError(f"{where}.{bound}: expected a finite {kind}, got {shown(value)}")
         try:
-            coerce_value(key, value, f"{where}.{bound}: ")
+            coerce_value(key, value)
         except ConfigError as exc:
             raise SpecError(f"{where}.{bound}: {exc}") from None
     if low >= high:
@@ -321,8 +325,9 @@ def _param_dict(p: Param) -> dict[str, Any]:
 
 
 def parse_tune_block(raw: Any, factors: Mapping[str, Any], seeds: list[int],
-                     base: Mapping[str, Any]) -> TuneBlock:
-    """Validate a `tune:` block; raise SpecError naming `tune.<key>`."""
+                     base: Mapping[str, Any], match: Any = None) -> TuneBlock:
+    """Validate a `tune:` block; raise SpecError naming `tune.<key>`. `match`: the spec's
+    `match:` (a matched `model.width` cannot be tuned)."""
     if not isinstance(raw, Mapping):
         raise SpecError("tune: expected a mapping with space, n_trials, epochs, val_size")
     unknown = sorted(map(str, set(raw) - TUNE_KEYS))
@@ -337,6 +342,15 @@ def parse_tune_block(raw: Any, factors: Mapping[str, Any], seeds: list[int],
         if p.key in factors:
             raise SpecError(f"tune.space.{p.key}: is a factor of the grid; an arm cannot tune "
                             "the level that defines it")
+        if p.key == "train.epochs":
+            raise SpecError("tune.space.train.epochs: the trials' epochs are tune.epochs, the "
+                            "verdict's base.train.epochs")
+        if p.key in base:
+            raise SpecError(f"tune.space.{p.key}: is also set in base; set it in one place "
+                            "only")
+        if p.key == "model.width" and match is not None:
+            raise SpecError("tune.space.model.width: match: params sets model.width per cell; "
+                            "tuning it would undo the matching")
     values = {}
     for key, lo in (("n_trials", 1), ("epochs", 1), ("val_size", 1)):
         v = raw.get(key)
@@ -347,9 +361,9 @@ def parse_tune_block(raw: Any, factors: Mapping[str, Any], seeds: list[int],
         values[key] = v
     seed = raw.get("seed", DEFAULT_TUNE_SEED)
     try:
-        coerce_value("train.seed", seed, "tune.seed: ")
+        coerce_value("train.seed", seed)
     except ConfigError as exc:
-        raise SpecError(f"tune.seed: {exc}") from None
+        raise SpecError(f"tune.seed: {str(exc).removeprefix('train.seed: ')}") from None
     if seed in seeds:
         raise SpecError(f"tune.seed: {seed} is also a verdict seed (seeds); the verdict runs "
                         "must be fresh seeds, not used while tuning")

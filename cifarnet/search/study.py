@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -101,13 +100,51 @@ def make_sampler(cfg: dict[str, Any], salt: tuple[int, ...] = ()) -> optuna.samp
             "nsgaii": optuna.samplers.NSGAIISampler}[cfg["type"]](**args)
 
 
-def worker_index() -> int:
-    """This process's index among the local workers of `--workers` (0 otherwise), set by
-    the supervisor in CIFARNET_WORKER_INDEX."""
-    try:
-        return int(os.environ.get("CIFARNET_WORKER_INDEX", "0"))
-    except ValueError:
-        return 0
+def trial_slot(study: optuna.Study, number: int) -> int:
+    """The place of trial `number` in the study's sequence of trials as an uninterrupted
+    run would have made them: the trials before it, less those that were interrupted and
+    run again (their retry, an enqueued copy with the same parameters, takes their place)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    return sum(1 for t in trials if t.number < number and t.number not in retried
+               and not t.user_attrs.get(SURPLUS))
+
+
+class SlotSeededSampler(optuna.samplers.BaseSampler):
+    """The spec's sampler, its seed combined with each trial's slot (`trial_slot`) before
+    the trial samples: trial k draws from the same stream whichever process asks for it,
+    however often the study was interrupted and resumed, and in every arm of a tuned grid
+    (same spec seed, same k). A seed alone gave every process the same first points; a seed
+    salted with the process's trial count gave a resumed study other points than an
+    uninterrupted one (and the arms of a tuned grid, run by several workers, other
+    candidates). Without a seed it is the spec's sampler, unseeded."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.inner = make_sampler(cfg)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.cfg.get("seed") is not None:
+            self.inner = make_sampler(self.cfg, salt=(trial_slot(study, trial.number),))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: Any) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
 
 
 def make_pruner(cfg: dict[str, Any]) -> optuna.pruners.BasePruner:
@@ -183,7 +220,7 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
                                 sampler=make_sampler(spec.sampler),
                                 pruner=pruner or make_pruner(spec.pruner))
     check_identity(study, spec)  # before anything is written to MLflow
-    study.sampler = make_sampler(spec.sampler, salt=(len(study.trials), worker_index()))
+    study.sampler = SlotSeededSampler(spec.sampler)
     client = retry_setup(lambda: setup_mlflow(workspace))
     if nest is None:
         try:
@@ -214,7 +251,8 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
 
     try:
         while len(counted_trials(study)) < target:
-            trial = _run_trial(study, storage, objective)
+            trial = _run_trial(study, storage, objective,
+                               target if nest is not None else None)
             for callback in study_callbacks or []:
                 callback(study, trial)
     except KeyboardInterrupt:
@@ -242,11 +280,12 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
 
 
 RETRY_OF = "retry_of"
+SURPLUS = "surplus"  # user attr: a trial asked for past an arm's budget, never trained
 SUPERSEDED = "superseded"  # tag value of TAG_OPTUNA_STATE: another worker ended the trial
 
 
 def _run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
-               objective: "_Objective") -> FrozenTrial:
+               objective: "_Objective", limit: int | None = None) -> FrozenTrial:
     """Ask for a trial, train it with heartbeats, tell its outcome; the trial as stored.
 
     Optuna's ask-and-tell interface (its documented alternative to `Study.optimize`), told
@@ -260,6 +299,11 @@ def _run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
     with warnings.catch_warnings():  # "heartbeat ... supposed to be used with optimize": the
         warnings.simplefilter("ignore", UserWarning)  # heartbeat is sent here, as there
         trial = study.ask()
+    if limit is not None and trial_slot(study, trial.number) >= limit:
+        # another process asked at the same moment and took the last slot: an arm of a
+        # tuned grid gets exactly its budget, so this one is told FAIL untrained (SURPLUS)
+        study.set_trial_user_attr(trial._trial_id, SURPLUS, True)
+        return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     state, value = TrialState.FAIL, None
     try:
         with Heartbeat(storage, trial._trial_id):
@@ -288,7 +332,8 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     that was enqueued again."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
-    return [t for t in trials if t.number not in retried and t.state != TrialState.WAITING]
+    return [t for t in trials if t.number not in retried and t.state != TrialState.WAITING
+            and not t.user_attrs.get(SURPLUS)]
 
 
 def count_trials(study_name: str, storage: optuna.storages.BaseStorage) -> int:

@@ -65,6 +65,15 @@ def trial_jobs(spec: AblationSpec, done: dict[str, int] | None = None) -> list[J
     return out
 
 
+def load_trial_data(configs: list[Any]) -> dict[tuple, Dataset]:
+    """The trials' data sets (by `data_key`), loaded before anything is written; a split the
+    data cannot give is a UserError naming `tune.val_size` (the key the spec sets)."""
+    try:
+        return preload_data(c.data for c in configs)
+    except UserError as exc:
+        raise UserError(str(exc).replace("data.val_size", "tune.val_size", 1)) from None
+
+
 def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dataset],
               storage_url: str | None = None, listener: GridListener | None = None,
               stop: StopEvent, heartbeat_interval: int = 10, grace_period: int = 30,
@@ -81,6 +90,9 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
     KeyboardInterrupt. Raises UserError when an arm's study ends with no completed trial.
     """
     listener = listener or GridListener()
+    searches = {c.label: arm_search_spec(spec.name, spec.untuned_config(c), spec.tune)
+                for c in spec.arms()}
+    trial_data = load_trial_data([s.base_config() for s in searches.values()])  # before writes
     grid = open_grid(spec, workspace, storage_url or workspace.storage_url, heartbeat_interval,
                      grace_period, data, listener, stop)
     if estimate is not None and grid.parent_created:
@@ -91,9 +103,6 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
         # none is reopened (a reopened study's run would get a new end time)
         listener.message("every arm was tuned before (tuned.yaml on the grid's parent run)")
         return spec.with_tuned(recorded), []
-    searches = {c.label: arm_search_spec(spec.name, spec.untuned_config(c), spec.tune)
-                for c in spec.arms()}
-    trial_data = preload_data(s.base_config().data for s in searches.values())
     waited = False
     try:
         while True:

@@ -248,7 +248,7 @@ def load_tuning(grid: ParentRun) -> pd.DataFrame:
                  if str(c).startswith(f"params.{PARAM_TUNED}") and isinstance(v, str)}
         best = study.get(f"tags.{TAG_BEST_TRIAL}")
         for _, t in trials.iterrows():
-            rows.append({"cell": study.get(f"tags.{TAG_ARM}"),
+            rows.append({"cell": study.get(f"tags.{TAG_ARM}") or study.get(f"tags.{TAG_CELL}"),
                          "trial": int(t[f"tags.{TAG_OPTUNA_TRIAL_NUMBER}"]),
                          "state": t.get(f"tags.{TAG_OPTUNA_STATE}"),
                          "val_acc": t.get("metrics.val_acc"), "run_id": t["run_id"],
