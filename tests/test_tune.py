@@ -196,6 +196,11 @@ def test_killed_mid_tuning_the_rerun_loses_and_doubles_no_trial(tmp_path, sig) -
         for r in retried:
             assert r.params == study.trials[r.user_attrs["retry_of"]].params
     assert retried_in_all == 1  # the one trial the kill interrupted, run again once
+    # trials are seeded by their slot: the arms, one interrupted and resumed, were offered
+    # the same learning rates, as in an uninterrupted run
+    offered = [sorted(t.params["train.lr"] for t in s.trials if t.state.name == "COMPLETE")
+               for s in found]
+    assert offered[0] == offered[1]
     df = all_runs(tmp_path)
     assert "RUNNING" not in set(df["status"])
     verdict = df[df["tags.cifarnet.role"] == "child"]
@@ -218,8 +223,11 @@ def test_two_workers_share_the_arms_studies(tmp_path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     for study in studies(tmp_path):
         assert [t.state.name for t in study.trials] == ["COMPLETE"] * N_TRIALS
-        # two workers drew their own parameters (the sampler is salted per worker)
+        # two workers drew their own parameters (each trial is seeded by its slot)
         assert len({t.params["train.lr"] for t in study.trials}) == N_TRIALS
+    # and both arms were offered the same candidates, whichever worker ran which trial
+    offered = [sorted(t.params["train.lr"] for t in s.trials) for s in studies(tmp_path)]
+    assert offered[0] == offered[1]
     df = all_runs(tmp_path)
     assert len(df[df["tags.cifarnet.role"] == "child"]) == 4
     assert len(df[df["tags.cifarnet.role"] == "arm_study"]) == 2
@@ -248,11 +256,69 @@ def _raw(**tune_changes) -> dict:
     ({"space": {"train.lr": {"type": "float", "low": 0.2, "high": 0.01}}}, "tune.space.train.lr"),
     ({"sampler": {"type": "nsgaii"}}, "tune.sampler.type"),
     ({"pruner": {"type": "median", "n_startup_trials": -1}}, "tune.pruner.n_startup_trials"),
+    ({"space": {"data.val_size": {"type": "int", "low": 10, "high": 80}}},
+     "tune.space.data.val_size: selects the images"),
+    ({"space": {"data.train_subset": {"type": "int", "low": 100, "high": 200}}},
+     "tune.space.data.train_subset: selects the images"),
+    ({"space": {"train.epochs": {"type": "int", "low": 1, "high": 2}}},
+     "tune.space.train.epochs: the trials' epochs are tune.epochs"),
+    ({"space": {"train.batch_size": {"type": "int", "low": 16, "high": 64}}},
+     "tune.space.train.batch_size: is also set in base"),
+    ({"seed": True}, "tune.seed: expected an integer"),
 ])
 def test_a_bad_tune_block_names_its_key(changes, key) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec(_raw(**changes))
     assert str(err.value).startswith(key), str(err.value)
+
+
+def test_a_matched_width_cannot_be_tuned_nor_a_val_metric_judged() -> None:
+    spec = _raw(space={"model.width": {"type": "float", "low": 0.5, "high": 2.0}})
+    spec["match"] = "params"
+    with pytest.raises(SpecError, match="^tune.space.model.width: match: params"):
+        parse_spec(spec)
+    spec = _raw()
+    spec["base"]["data"]["val_size"] = 40
+    spec["hypotheses"][0]["metric"] = "val_acc"
+    with pytest.raises(SpecError, match=r"^hypotheses\[0\].metric: val_acc in a tuned grid"):
+        parse_spec(spec)
+
+
+def test_an_arm_not_tuned_yet_has_no_verdict() -> None:
+    import pandas as pd
+
+    from cifarnet.analysis.verdicts import analyze
+
+    spec = parse_spec(_raw())
+    rows = [{"run_id": f"r{c}{s}", "status": "FINISHED", "cell": cell.label, "seed": s,
+             "config_hash": "x", "metrics.test_acc": 0.5 + 0.1 * c + 0.01 * s}
+            for c, cell in enumerate(spec.cells()) for s in (0, 1, 2)]
+    v = analyze(spec, pd.DataFrame(rows)).verdicts[0]
+    assert v.comparison.verdict == "no verdict" and v.why_no_verdict.startswith(
+        "tuning incomplete")
+    tuned = spec.with_tuned({c.label: {"train.lr": 0.1} for c in spec.cells()})
+    assert analyze(tuned, pd.DataFrame(rows)).verdicts[0].comparison.verdict != "no verdict"
+
+
+def test_a_trial_past_the_arms_budget_is_surplus_and_never_trains(tmp_path) -> None:
+    """Two processes asking at the same moment gave one arm n_trials + 1 trials."""
+    from cifarnet.search.study import SURPLUS, _run_trial, counted_trials
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
+    study = optuna.create_study(storage=storage, study_name="arm")
+    for x in (1.0, 2.0):
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, value=x, distributions={
+            "x": optuna.distributions.FloatDistribution(0, 3)}))
+
+    class Untrainable:
+        client = None
+
+        def __call__(self, trial):
+            raise AssertionError("a surplus trial must not train")
+
+    told = _run_trial(study, storage, Untrainable(), limit=2)
+    assert told.state.name == "FAIL" and told.user_attrs[SURPLUS] is True
+    assert len(counted_trials(study)) == 2
 
 
 def test_a_tune_block_needs_a_hypothesis_and_a_mapping() -> None:

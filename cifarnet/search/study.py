@@ -302,7 +302,7 @@ def _run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
     if limit is not None and trial_slot(study, trial.number) >= limit:
         # another process asked at the same moment and took the last slot: an arm of a
         # tuned grid gets exactly its budget, so this one is told FAIL untrained (SURPLUS)
-        study.set_trial_user_attr(trial._trial_id, SURPLUS, True)
+        trial.set_user_attr(SURPLUS, True)
         return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     state, value = TrialState.FAIL, None
     try:
