@@ -173,7 +173,9 @@ class AblationSpec:
 
         raw = spec.tune.to_dict()
         for a in tune_sets:
-            key, _, text = a.partition("=")
+            key, eq, text = a.partition("=")
+            if not eq:
+                raise SpecError(f"--set {clip(a)}: expected KEY=VALUE, e.g. tune.n_trials=2")
             name = key.strip()[len("tune."):]
             if name not in TUNE_SETTABLE:
                 raise SpecError(f"--set {clip(key.strip())}: only "
