@@ -420,3 +420,26 @@ def test_set_shrinks_the_tuning_budget_and_names_the_key() -> None:
     untuned = parse_spec({k: v for k, v in _raw().items() if k != "tune"})
     with pytest.raises(SpecError, match="^--set tune.epochs=1: the spec has no tune block"):
         untuned.with_sets(["tune.epochs=1"])
+
+
+@pytest.mark.slow
+def test_a_grown_budget_copies_the_trials_another_grid_trained(tmp_path) -> None:
+    """`--set tune.n_trials=3` after a complete 2-trial grid is a new grid with new studies;
+    its first two trials sample what the old ones did and are copied, not trained."""
+    tree = make_tree(tmp_path / "data", per_class_train=30, per_class_test=5)
+    spec = write_yaml(tmp_path, tuned_spec(tree, tmp_path))
+    for n in (2, 3):
+        r = subprocess.run([EXE, "run", str(spec), "--set", f"tune.n_trials={n}"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+    df = all_runs(tmp_path)
+    trials = df[df["tags.cifarnet.role"] == "arm_trial"]
+    copied = trials[trials["tags.cifarnet.reused_from"].notna()]
+    assert len(trials) == 2 * 2 + 2 * 3 and len(copied) == 2 * 2
+    by_id = trials.set_index("run_id")
+    for _, t in copied.iterrows():
+        src = by_id.loc[t["tags.cifarnet.reused_from"]]
+        assert t["tags.cifarnet.config_hash"] == src["tags.cifarnet.config_hash"]
+        assert t["metrics.val_acc"] == src["metrics.val_acc"]
+    for study in studies(tmp_path):
+        assert sum(t.state.name == "COMPLETE" for t in study.trials) == len(study.trials)

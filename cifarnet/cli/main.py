@@ -290,7 +290,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
         try:
             if spec.tune is not None:  # every arm tuned first, then the verdict runs
                 spec, jobs = _tune(spec, workspace, storage, data, display, request.event,
-                                   heartbeat, grace, None if as_worker else estimate)
+                                   heartbeat, grace, None if as_worker else estimate,
+                                   reuse=not no_reuse)
             if until_decided:
                 analysis = run_until_decided(spec, max_seeds, run_jobs, analysis_now)
             else:
@@ -314,7 +315,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
 
 
 def _tune(spec: Any, workspace: Any, storage: str | None, data: dict, display: Any,
-          stop: Any, heartbeat: int, grace: int, estimate: Any) -> tuple[Any, list[Any]]:
+          stop: Any, heartbeat: int, grace: int, estimate: Any,
+          reuse: bool = True) -> tuple[Any, list[Any]]:
     """`search.tune.tune_grid`: every arm's study complete; the spec with its tuned values
     and its verdict jobs (their data loaded into `data`)."""
     from cifarnet.data.datasets import data_key, load_data
@@ -322,7 +324,7 @@ def _tune(spec: Any, workspace: Any, storage: str | None, data: dict, display: A
 
     tuned, _ = tune_grid(spec, workspace, data=data, storage_url=storage, listener=display,
                          stop=stop, heartbeat_interval=heartbeat, grace_period=grace,
-                         estimate=estimate)
+                         estimate=estimate, reuse=reuse)
     jobs = tuned.jobs()
     for j in jobs:  # a tuned data key (none of the shipped spaces has one) loads here
         if data_key(j.config.data) not in data:

@@ -37,6 +37,7 @@ from cifarnet.queue.jobs import (
 )
 from cifarnet.queue.retry import retry_setup
 from cifarnet.search.spec import SearchSpec
+from cifarnet.tracking.reuse import copy_run, find_trial_source
 from cifarnet.tracking.runs import fail_stale_run, tracked_run
 from cifarnet.tracking.startup import check_tracking_store
 from cifarnet.tracking.store import (
@@ -50,6 +51,7 @@ from cifarnet.tracking.store import (
 from cifarnet.tracking.tags import (
     MLFLOW_PARENT,
     TAG_ARM,
+    TAG_DATA,
     TAG_HASH,
     TAG_OPTUNA_STATE,
     TAG_OPTUNA_STUDY,
@@ -391,6 +393,7 @@ class Nest:
     experiment_id: str
     parent_run_id: str
     cell: str
+    reuse: bool = True  # copy a COMPLETE trial of the same config from another grid
 
 
 class _Objective:
@@ -405,6 +408,7 @@ class _Objective:
         self.role = Role.ARM_TRIAL if nest else Role.TRIAL
         self.arm = {TAG_ARM: nest.cell} if nest else {}
         self.prefix = f"tune {nest.cell} " if nest else ""
+        self.reuse = nest is not None and nest.reuse
         self.experiment_id, self.parent = experiment_id, parent
         self.callbacks = callbacks or (lambda number: [])
         self.run_ids: dict[int, str] = {}  # trial number -> its MLflow run
@@ -412,7 +416,13 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         cfg = self.base.replace(suggest(trial, self.spec))
         tags = {TAG_ROLE: self.role, **self.arm, TAG_SPEC: self.spec.name,
-                TAG_OPTUNA_TRIAL_NUMBER: str(trial.number), TAG_HASH: cfg.hash()}
+                TAG_OPTUNA_TRIAL_NUMBER: str(trial.number), TAG_HASH: cfg.hash(),
+                TAG_DATA: self.data.fingerprint}
+        if self.reuse:  # an arm's trial another grid already trained: copied, not trained
+            source = find_trial_source(self.client, tags[TAG_HASH], self.data.fingerprint,
+                                       self.parent)
+            if source is not None:
+                return self._reuse(trial, tags, source)
         try:
             with tracked_run(self.client, self.experiment_id,
                              f"{self.prefix}trial {trial.number}", tags,
@@ -441,6 +451,33 @@ class _Objective:
             raise TrialFailed(f"trial {trial.number} {result.status}: {result.reason}")
         values = [_objective_value(o.metric, result.final, cfg) for o in self.spec.objectives]
         return values[0] if len(values) == 1 else tuple(values)
+
+    def _reuse(self, trial: optuna.Trial, tags: dict[str, str], source: Any) -> float:
+        """Copy `source`, a COMPLETE trial of the same config on the same data, as this
+        trial's run (`tracking.reuse.copy_run`) and replay its per-epoch objective to this
+        study's pruner, which may prune it where it would have pruned the training."""
+        metric = self.spec.objectives[0].metric
+        with tracked_run(self.client, self.experiment_id,
+                         f"{self.prefix}trial {trial.number}", tags,
+                         parent_run_id=self.parent) as run:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            self.run_ids[trial.number] = run.run_id
+            copy_run(self.client, source, run.run_id)
+            history = sorted(self.client.get_metric_history(source.info.run_id, metric),
+                             key=lambda m: m.step)
+            state, value = "COMPLETE", history[-1].value if history else math.nan
+            for m in history:
+                trial.report(m.value, m.step)
+                if trial.should_prune():
+                    state, value = "PRUNED", m.value
+                    break
+            self.client.set_tag(run.run_id, TAG_OPTUNA_STATE, state)
+            run.end_as(RunStatus.FINISHED)
+        if state == "PRUNED":
+            raise optuna.TrialPruned(f"pruned on the history of reused run {source.info.run_id}")
+        if not math.isfinite(value):
+            raise TrialFailed(f"trial {trial.number}: reused run has no finite {metric}")
+        return value
 
     def superseded(self, number: int) -> None:
         """Trial `number` was ended by another worker while it trained here."""

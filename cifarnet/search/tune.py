@@ -77,7 +77,7 @@ def load_trial_data(configs: list[Any]) -> dict[tuple, Dataset]:
 def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dataset],
               storage_url: str | None = None, listener: GridListener | None = None,
               stop: StopEvent, heartbeat_interval: int = 10, grace_period: int = 30,
-              poll_interval: float = 5.0,
+              poll_interval: float = 5.0, reuse: bool = True,
               estimate: Callable[[], Any] | None = None) -> tuple[AblationSpec,
                                                                   list[ArmResult]]:
     """Tune every arm of `spec` (which has a `tune` block) to its complete study and return
@@ -87,7 +87,9 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
     starts) the grid's parent run; while another worker's trial still runs, waits
     `poll_interval` s and looks again (and takes over its trial when it goes stale). A stop
     request ends the current trial KILLED (it runs again on the next invocation) and raises
-    KeyboardInterrupt. Raises UserError when an arm's study ends with no completed trial.
+    KeyboardInterrupt. With `reuse`, a trial whose config another grid's arm already trained
+    to the end on the same data is copied, not trained (`tracking.reuse.find_trial_source`).
+    Raises UserError when an arm's study ends with no completed trial.
     """
     listener = listener or GridListener()
     searches = {c.label: arm_search_spec(spec.name, spec.untuned_config(c), spec.tune)
@@ -118,8 +120,9 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
                                  data=trial_data[data_key(search.base_config().data)],
                                  callbacks=callbacks, heartbeat_interval=heartbeat_interval,
                                  grace_period=grace_period,
-                                 nest=Nest(arm_study_name(spec, grid.grid_id, cell), grid.experiment_id,
-                                           grid.parent_run_id, cell.label))
+                                 nest=Nest(arm_study_name(spec, grid.grid_id, cell),
+                                           grid.experiment_id, grid.parent_run_id, cell.label,
+                                           reuse))
                 if out.trials.get("RUNNING") or out.trials.get("WAITING"):
                     pending = True  # another worker's trial: its value may be the best
                     continue

@@ -46,6 +46,31 @@ def find_source(client: Any, experiment_id: str, config_hash: str,
     return None
 
 
+def find_trial_source(client: Any, config_hash: str, data_fingerprint: str,
+                      other_than_study: str) -> Any | None:
+    """The newest FINISHED, COMPLETE arm trial (role `arm_trial`, tag `optuna.state`) of the
+    same config (`config_hash`, the sampled values included) on the same data, in any active
+    experiment, outside the study run `other_than_study`, and itself trained (not a copy);
+    None when there is none. A tuned grid whose budget grew (a new grid, new studies) samples
+    its first trials again (`search.study.SlotSeededSampler`) and copies them from here."""
+    from mlflow.entities import ViewType
+
+    from cifarnet.tracking.tags import MLFLOW_PARENT, TAG_OPTUNA_STATE
+
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    flt = (f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_DATA}` = '{data_fingerprint}'"
+           f" and tags.`{TAG_ROLE}` = '{Role.ARM_TRIAL}' and attributes.status = 'FINISHED'"
+           f" and tags.`{TAG_OPTUNA_STATE}` = 'COMPLETE'")
+    for start in range(0, len(ids), 100):  # MLflow searches at most 100 experiments at once
+        runs = client.search_runs(ids[start:start + 100], filter_string=flt,
+                                  order_by=["attributes.start_time DESC"], max_results=50)
+        runs = [r for r in runs if TAG_REUSED_FROM not in r.data.tags
+                and r.data.tags.get(MLFLOW_PARENT) != other_than_study]
+        if runs:
+            return runs[0]
+    return None
+
+
 def copy_run(client: Any, source: Any, run_id: str) -> None:
     """Copy `source` (an MLflow Run) into the started run `run_id`: params, every metric's
     history (steps and timestamps kept), the source's tags that the run does not set itself
