@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from cifarnet.config.schema import RunConfig, build_config
+from cifarnet.training.callbacks import Callback
 
 SHARED_TREE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg"
 
@@ -132,3 +133,14 @@ def trial_runs(folder: Path, name: str = "tiny_search"):
     df = mlflow.search_runs(experiment_names=[name])
     return df[df["tags.cifarnet.role"] == "trial"], df
 
+
+
+class InterruptAfter(Callback):
+    """Ctrl-C at the end of `epoch`, after its checkpoint was written."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, ctx, epoch, metrics):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt

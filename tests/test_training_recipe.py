@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import InterruptAfter
 from helpers import tiny_config as _tiny_config
 from torch import nn
 
@@ -17,7 +18,6 @@ from cifarnet.data.datasets import load_data
 from cifarnet.errors import ConfigError
 from cifarnet.model.cifarnet import CifarNet
 from cifarnet.training.bn import recal_images, recalibrate_bn
-from cifarnet.training.callbacks import Callback
 from cifarnet.training.evaluation import PREDICTIONS, evaluate
 from cifarnet.training.loop import CHECKPOINT, _evaluate_splits, build_run, train, train_step
 from cifarnet.training.optim import build_optimizer, build_scheduler
@@ -190,15 +190,6 @@ def test_ema_is_the_hand_updated_average_and_what_is_evaluated(tiny_tree, tmp_pa
     assert got["test_acc"] == pytest.approx(want_acc)
     live_loss, _, _ = evaluate(run.model, run.evals["test"], len(data.classes), NULL())
     assert live_loss != pytest.approx(want_loss, rel=1e-4)
-
-
-class InterruptAfter(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, ctx, epoch, metrics):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def results(result) -> tuple:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import tiny_config
+from helpers import InterruptAfter, tiny_config
 
 from cifarnet.cli.main import main
 from cifarnet.training import checkpoint as ck
@@ -24,17 +24,6 @@ TIMES = ("epoch_time_s", "images_per_s")
 def results(result) -> tuple:
     return ([{k: v for k, v in h.items() if k not in TIMES} for h in result.history],
             result.class_acc, result.status)
-
-
-class InterruptAfter(Callback):
-    """Ctrl-C at the end of `epoch`, after its checkpoint was written."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, ctx, epoch, metrics):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 class Start(Callback):

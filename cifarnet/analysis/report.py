@@ -313,16 +313,9 @@ def tuning_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
                      ", ".join(f"{k} {v}" for k, v in t.sampler.items()),
                      "-" if c.best_trial is None else str(c.best_trial),
                      "-" if c.best_value is None else f"{c.best_value:.4f}",
-                     ", ".join(f"{k}={_short(v)}" for k, v in c.tuned.items()) or "-",
+                     c.tuned_text() or "-",
                      f"{c.mean[half - 1]:.4f} -> {c.mean[-1]:.4f}" if c.n else "-", enough])
     return head, rows
-
-
-def _short(text: str) -> str:
-    try:
-        return f"{float(text):.4g}"
-    except ValueError:
-        return text
 
 
 def _sections(a: Analysis) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:

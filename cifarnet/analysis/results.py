@@ -102,13 +102,6 @@ def agreement(v: Verdict) -> str:
     return f"no verdict ({v.why_no_verdict or v.comparison.note or 'the data cannot answer'})"
 
 
-def _short(text: str) -> str:
-    try:
-        return f"{float(text):.4g}"
-    except ValueError:
-        return text
-
-
 def _num(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2f}"
 
@@ -186,7 +179,7 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
     for c_ in a.tuning:
         if c_.cell in (v.a_cell, v.b_cell):
             out.append(f"- tuned before the verdict (tune, then compare): `{c_.cell}` at "
-                       + ", ".join(f"{k}={_short(x)}" for k, x in c_.tuned.items())
+                       + c_.tuned_text()
                        + f" (best of {c_.n} trials, trial {c_.best_trial}, val_acc "
                        + (f"{c_.best_value:.4f})" if c_.best_value is not None else "n/a)"))
     for side, cell in (("a", v.a_cell), ("b", v.b_cell)):

@@ -66,6 +66,17 @@ class TuningCurve:
     best_value: float | None
     tuned: dict[str, str]
 
+    def tuned_text(self) -> str:
+        """The tuned values as `key=value` pairs, numbers to 4 significant digits
+        (`train.lr=0.04627, data.augment_strength=0.3562`); '' when none is recorded."""
+        def short(text: str) -> str:
+            try:
+                return f"{float(text):.4g}"
+            except ValueError:
+                return text
+
+        return ", ".join(f"{k}={short(v)}" for k, v in self.tuned.items())
+
     @property
     def n(self) -> int:
         return len(self.mean)
