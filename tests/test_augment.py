@@ -15,7 +15,7 @@ from cifarnet.data.augment import (
     draw,
 )
 from cifarnet.data.datasets import load_data
-from cifarnet.data.loaders import epoch_order, flip_only_start, make_loader
+from cifarnet.data.loaders import AugmentSchedule, epoch_order, flip_only_start, make_loader
 from cifarnet.training.seeding import torch_gen
 
 N = 4000
@@ -248,3 +248,39 @@ def test_flip_only_fraction_counts_epochs_from_the_end() -> None:
     assert flip_only_start(1, 0.33) is None  # a 1-epoch run keeps the seed's augmentation
     assert flip_only_start(30, 0.0) is None
     assert flip_only_start(4, 1.0) == 1
+
+
+def test_ramp_rises_linearly_then_holds_then_the_flip_only_finish() -> None:
+    """10 epochs, ramp 0.3 -> k = 3: epochs 1-3 at s*e/4, then s; flip-only 0.33 -> the
+    last 3 epochs (8-10)."""
+    schedule = AugmentSchedule.of(build_config({
+        "train.epochs": 10, "data.augment_strength": 2.0, "data.augment_ramp_frac": 0.3}))
+    assert (schedule.ramp_epochs, schedule.flip_only_from) == (3, 8)
+    assert [schedule.params(e) for e in range(1, 11)] == [
+        AugmentParams.at(0.5), AugmentParams.at(1.0), AugmentParams.at(1.5),
+        *[AugmentParams.at(2.0)] * 4, *[AugmentParams.flip_only()] * 3]
+    assert AugmentParams.at(0.5).hole == 8 and AugmentParams.at(1.5).rotate == 67.5
+    # the default: the seed's strength from the first epoch
+    default = AugmentSchedule.of(build_config({"train.epochs": 30}))
+    assert default.ramp_epochs == 0
+    assert default.params(1) == default.params(20) == AugmentParams.at(1.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "albumentations"])
+def test_ramp_epochs_draw_at_the_ramped_strength(tiny_tree, backend: str) -> None:
+    """A ramp epoch's batches are those of a run at that epoch's strength (the same order
+    and augmentation streams), and a full-strength epoch's are the unramped run's."""
+    data = load_data(DataConfig(path=str(tiny_tree)))
+
+    def batches(overrides, epoch):
+        loader = make_loader(data, build_config({
+            "data.backend": backend, "train.batch_size": 64, "train.seed": 4,
+            "train.epochs": 4, "data.flip_only_frac": 0.0, "data.num_workers": 0,
+            **overrides}), torch.device("cpu"))
+        return torch.cat([x for x, _ in loader.epoch(epoch)])
+
+    ramp = {"data.augment_ramp_frac": 0.5}  # k = 2: epoch 1 at 1/3, epoch 2 at 2/3
+    assert torch.equal(batches(ramp, 1), batches({"data.augment_strength": 1 / 3}, 1))
+    assert torch.equal(batches(ramp, 2), batches({"data.augment_strength": 2 / 3}, 2))
+    assert torch.equal(batches(ramp, 3), batches({}, 3))
+    assert not torch.equal(batches(ramp, 1), batches({}, 1))

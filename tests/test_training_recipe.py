@@ -1,7 +1,8 @@
 """The recipe techniques, each off by default: flip test-time augmentation
 (train.tta_flip), a moving average of the weights (train.ema_decay), no weight decay on
 BatchNorm parameters and biases (train.no_decay_bn_bias) and a BatchNorm learning-rate
-multiplier (train.bn_lr_mult). Each test's expected value is computed by hand."""
+multiplier (train.bn_lr_mult), and the augmentation ramp (data.augment_ramp_frac; its
+batches are tested in test_augment.py). Each test's expected value is computed by hand."""
 
 import contextlib
 
@@ -57,6 +58,13 @@ def _one_thread():
     ({"train.bn_lr_mult": -1.0}, "train.bn_lr_mult", "must be > 0.0"),
     ({"train.bn_lr_mult": 64.5}, "train.bn_lr_mult", "must be <= 64.0"),
     ({"train.bn_lr_mult": "4"}, "train.bn_lr_mult", "expected a number"),
+    ({"data.augment_ramp_frac": -0.1}, "data.augment_ramp_frac", "must be >= 0.0"),
+    ({"data.augment_ramp_frac": 1.5}, "data.augment_ramp_frac", "must be <= 1.0"),
+    ({"data.augment_ramp_frac": "0.2"}, "data.augment_ramp_frac", "expected a number"),
+    ({"data.augment_ramp_frac": 0.7}, "data.augment_ramp_frac",
+     "plus data.flip_only_frac 0.33 is over 1"),
+    ({"data.augment_ramp_frac": 0.5, "data.flip_only_frac": 0.6}, "data.augment_ramp_frac",
+     "would overlap"),
 ])
 def test_bad_values_are_refused_naming_the_key(overrides, key, fragment) -> None:
     with pytest.raises(ConfigError, match=f"^{key}: ") as err:
@@ -76,13 +84,16 @@ def test_off_by_default_and_the_default_identity_is_unchanged() -> None:
                                                                             1.0)
     base = RunConfig().hash()
     # written out at their defaults, the techniques leave the identity alone ...
+    assert RunConfig().data.augment_ramp_frac == 0.0
     assert build_config({"train.tta_flip": False, "train.ema_decay": 0,
-                         "train.no_decay_bn_bias": False, "train.bn_lr_mult": 1}).hash() == base
+                         "train.no_decay_bn_bias": False, "train.bn_lr_mult": 1,
+                         "data.augment_ramp_frac": 0}).hash() == base
     # ... and each of them, on, is another run
     on = [{"train.tta_flip": True}, {"train.ema_decay": 0.999},
-          {"train.no_decay_bn_bias": True}, {"train.bn_lr_mult": 4.0}]
+          {"train.no_decay_bn_bias": True}, {"train.bn_lr_mult": 4.0},
+          {"data.augment_ramp_frac": 0.2}]
     hashes = {build_config(o).hash() for o in on}
-    assert len(hashes) == 4 and base not in hashes
+    assert len(hashes) == 5 and base not in hashes
 
 
 # --- flip test-time augmentation ----------------------------------------------------------

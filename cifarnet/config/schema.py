@@ -98,6 +98,14 @@ class DataConfig:
         0.33, "fraction of the epochs, at the end, trained with the flip alone (no warp, no "
         "hole); round(frac * epochs) epochs, 0 = the seed's augmentation throughout",
         min=0.0, max=1.0)
+    augment_ramp_frac: float = _opt(
+        0.0, "fraction of the epochs, at the start, over which the augmentation strength "
+        "rises linearly to data.augment_strength: k = round(frac * epochs) epochs, epoch e "
+        "of them at strength * e / (k + 1); 0 = full strength from the first epoch (the "
+        "seed). The flip-only finish (data.flip_only_frac) wins where both would apply. "
+        "Source: Tan & Le 2021, EfficientNetV2 (progressive learning: weak augmentation "
+        "first, stronger later); cifarnet.data.loaders.AugmentSchedule", min=0.0, max=1.0,
+        hashed_when_set=True)
     backend: Literal["torch", "albumentations"] = _opt(
         "torch", "augmentation backend: batched tensor ops, or albumentations per image")
     num_workers: int = _opt(2, "DataLoader workers (albumentations backend)", min=0, hashed=False)
@@ -409,7 +417,12 @@ def _check_bounds(key: str, value: Any, meta: Mapping[str, Any]) -> None:
 def _check_combinations(cfg: "RunConfig", where: str = "") -> None:
     """Refuse values that are each valid but impossible together, naming the key that
     asks for what the other forbids."""
-    t = cfg.train
+    t, d = cfg.train, cfg.data
+    if d.augment_ramp_frac + d.flip_only_frac > 1.0:
+        raise ConfigError(
+            f"{where}data.augment_ramp_frac: {d.augment_ramp_frac:g} plus data.flip_only_frac "
+            f"{d.flip_only_frac:g} is over 1 (the ramp at the start and the flip-only finish "
+            "would overlap); lower one of them")
     if t.ema_decay > 0 and t.bn_recal_batches == 0:
         raise ConfigError(
             f"{where}train.ema_decay: {t.ema_decay:g} needs train.bn_recal_batches > 0 (the "

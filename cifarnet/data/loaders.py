@@ -3,12 +3,15 @@
 Both loaders take the epoch's order from the stream ("order", epoch) and its augmentations
 from ("augment", epoch) of the run seed, never from the model, so every variant of an
 ablation sees the same batches at the same seed. An epoch is `steps` full batches (the last
-incomplete batch is dropped, unless the data is smaller than one batch). From epoch
-`flip_only_from` on, the batches are only flipped (see `AugmentParams.flip_only`).
+incomplete batch is dropped, unless the data is smaller than one batch). Which augmentation
+an epoch trains with is the run's `AugmentSchedule`: the seed's transforms at
+`data.augment_strength`, ramped up over the first `data.augment_ramp_frac` of the epochs, and
+the flip alone over the last `data.flip_only_frac` (see `AugmentParams.flip_only`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -34,17 +37,48 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
+@dataclass(frozen=True)
+class AugmentSchedule:
+    """The augmentation of each epoch of a run (epochs count from 1).
+
+    `strength` is data.augment_strength (s). The first `ramp_epochs` (k) epochs train at a
+    strength rising linearly, s * e / (k + 1) at epoch e = 1..k, so epoch k + 1 is the first
+    at s; from epoch `flip_only_from` on the batches are only flipped. The ramp is the
+    progressive-regularisation idea of Tan & Le 2021 (EfficientNetV2, "progressive learning":
+    weak augmentation early, stronger later), here at a fixed image size; the flip-only finish
+    follows the same reasoning at the other end (a clean finish after strong augmentation).
+    """
+
+    strength: float
+    ramp_epochs: int = 0
+    flip_only_from: int | None = None
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> AugmentSchedule:
+        """The schedule of `cfg`: data.augment_strength, round(data.augment_ramp_frac *
+        train.epochs) ramp epochs and `flip_only_start` of data.flip_only_frac."""
+        d, epochs = cfg.data, cfg.train.epochs
+        return cls(d.augment_strength, round(d.augment_ramp_frac * epochs),
+                   flip_only_start(epochs, d.flip_only_frac))
+
+    def params(self, epoch: int) -> AugmentParams:
+        """The transform limits of `epoch` (1-based)."""
+        if self.flip_only_from is not None and epoch >= self.flip_only_from:
+            return AugmentParams.flip_only()
+        if epoch <= self.ramp_epochs:
+            return AugmentParams.at(self.strength * epoch / (self.ramp_epochs + 1))
+        return AugmentParams.at(self.strength)
+
+
 class TorchLoader:
     """The fast path: the split lives on the device as uint8; augmentation is batched."""
 
-    def __init__(self, split: Split, strength: float, mean: tuple[float, ...],
+    def __init__(self, split: Split, schedule: AugmentSchedule, mean: tuple[float, ...],
                  std: tuple[float, ...], batch_size: int, seed: int,
-                 device: torch.device, flip_only_from: int | None = None) -> None:
+                 device: torch.device) -> None:
         self.images = torch.from_numpy(split.images).to(device)
         self.labels = torch.from_numpy(split.labels).to(device)
-        self.augment = TorchAugment(strength, mean, std, device)
-        self.flip_only = TorchAugment(AugmentParams.flip_only(), mean, std, device)
-        self.flip_only_from = flip_only_from
+        self.schedule, self.mean, self.std = schedule, mean, std
         self.batch_size, self.seed, self.device = batch_size, seed, device
 
     def __len__(self) -> int:
@@ -53,7 +87,7 @@ class TorchLoader:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         order = epoch_order(len(self.labels), self.batch_size, self.seed, epoch).to(self.device)
         gen = torch_gen(self.seed, "augment", epoch)
-        augment = self.flip_only if _flip_only(epoch, self.flip_only_from) else self.augment
+        augment = TorchAugment(self.schedule.params(epoch), self.mean, self.std, self.device)
         for idx in order.split(min(self.batch_size, len(order))):
             yield augment(self.images[idx], gen), self.labels[idx]
 
@@ -62,10 +96,6 @@ def flip_only_start(epochs: int, frac: float) -> int | None:
     """The first flip-only epoch of a run: the last round(frac * epochs) are; None if none."""
     n = round(frac * epochs)
     return epochs - n + 1 if n else None
-
-
-def _flip_only(epoch: int, flip_only_from: int | None) -> bool:
-    return flip_only_from is not None and epoch >= flip_only_from
 
 
 class _AlbumentationsDataset(TorchDataset):
@@ -103,25 +133,22 @@ class AlbumentationsLoader:
     so the batches do not depend on the number of workers.
     """
 
-    def __init__(self, split: Split, strength: float, mean: tuple[float, ...],
+    def __init__(self, split: Split, schedule: AugmentSchedule, mean: tuple[float, ...],
                  std: tuple[float, ...], batch_size: int, seed: int,
-                 device: torch.device, num_workers: int,
-                 flip_only_from: int | None = None) -> None:
-        self.datasets = (
-            _AlbumentationsDataset(split, albumentations_pipeline(strength, mean, std)),
-            _AlbumentationsDataset(split, albumentations_pipeline(AugmentParams.flip_only(),
-                                                                  mean, std)))
+                 device: torch.device, num_workers: int) -> None:
+        self.split, self.schedule, self.mean, self.std = split, schedule, mean, std
         self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.num_workers, self.flip_only_from = num_workers, flip_only_from
+        self.num_workers = num_workers
 
     def __len__(self) -> int:
-        return steps_per_epoch(len(self.datasets[0]), self.batch_size)
+        return steps_per_epoch(len(self.split), self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        order = epoch_order(len(self.datasets[0]), self.batch_size, self.seed, epoch).tolist()
+        order = epoch_order(len(self.split), self.batch_size, self.seed, epoch).tolist()
         pairs = [(i, seed_from(self.seed, "augment", epoch, pos) & 0xFFFFFFFF)
                  for pos, i in enumerate(order)]
-        dataset = self.datasets[_flip_only(epoch, self.flip_only_from)]
+        dataset = _AlbumentationsDataset(self.split, albumentations_pipeline(
+            self.schedule.params(epoch), self.mean, self.std))
         loader = DataLoader(dataset, batch_size=min(self.batch_size, len(order)),
                             sampler=_EpochSampler(pairs), num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", drop_last=False)
@@ -133,18 +160,18 @@ def make_loader(data: Dataset, cfg: RunConfig,
                 device: torch.device) -> TorchLoader | AlbumentationsLoader:
     """The training batches of `data.train`, normalised by `data.mean` / `data.std`.
 
-    From `cfg.data`: the backend, augment_strength, num_workers (albumentations only) and
-    flip_only_frac (the last round(frac * cfg.train.epochs) epochs are flipped only); from
-    `cfg.train`: batch_size and the run seed. Batches are (images [B, C, H, W] float32
+    From `cfg.data`: the backend, num_workers (albumentations only) and the augmentation of
+    each epoch (`AugmentSchedule.of`: augment_strength, augment_ramp_frac, flip_only_frac);
+    from `cfg.train`: batch_size and the run seed. Batches are (images [B, C, H, W] float32
     normalised, labels [B] int64) on `device`.
     """
     d, t = cfg.data, cfg.train
-    flip_from = flip_only_start(t.epochs, d.flip_only_frac)
+    schedule = AugmentSchedule.of(cfg)
     if d.backend == "torch":
-        return TorchLoader(data.train, d.augment_strength, data.mean, data.std, t.batch_size,
-                           t.seed, device, flip_from)
-    return AlbumentationsLoader(data.train, d.augment_strength, data.mean, data.std,
-                                t.batch_size, t.seed, device, d.num_workers, flip_from)
+        return TorchLoader(data.train, schedule, data.mean, data.std, t.batch_size, t.seed,
+                           device)
+    return AlbumentationsLoader(data.train, schedule, data.mean, data.std, t.batch_size,
+                                t.seed, device, d.num_workers)
 
 
 def eval_batches(split: Split, mean: tuple[float, ...], std: tuple[float, ...],

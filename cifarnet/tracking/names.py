@@ -23,6 +23,8 @@ ABBREVIATIONS: dict[str, str] = {
     "model.dropout": "drop",
     "data.augment_strength": "aug",
     "data.flip_only_frac": "flip",
+    "data.augment_ramp_frac": "ramp",
+    "train.tta_flip": "tta",
     "train.epochs": "ep",
     "train.lr": "lr",
     "train.weight_decay": "wd",
