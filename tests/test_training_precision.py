@@ -66,6 +66,25 @@ def test_hash_holds_the_resolved_precision(monkeypatch) -> None:
     assert cfg.hash() == bf16
 
 
+def test_a_grid_continued_on_a_machine_of_another_precision_is_another_grid(monkeypatch) -> None:
+    """A store carried to a machine where `auto` resolves otherwise (the committed
+    results/store, made on a CPU without AVX512-BF16): the same spec there is another grid,
+    with its own parent, queue and jobs, so no cell ever pairs an fp32 run with a bf16 run;
+    `--set train.precision=fp32` there continues the fp32 grid's jobs."""
+    from cifarnet.ablation.runner import grid_id
+    from cifarnet.ablation.spec import load_spec
+
+    spec = load_spec("dilation_add").with_sets(["train.device=cpu"])
+    ids, jobs = {}, {}
+    for native in (False, True):
+        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda native=native: native)
+        ids[native] = grid_id(spec)
+        jobs[native] = {j.config_hash for j in spec.jobs()}
+    assert ids[False] != ids[True] and not jobs[False] & jobs[True]
+    fp32 = spec.with_sets(["train.precision=fp32"])
+    assert {j.config_hash for j in fp32.jobs()} == jobs[False]
+
+
 def test_retired_amp_key_is_refused_naming_its_replacement() -> None:
     with pytest.raises(ConfigError, match=r"^train\.amp: replaced by train\.precision"):
         build_config({"train": {"amp": True}})
