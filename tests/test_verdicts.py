@@ -172,6 +172,7 @@ def test_two_supported_hypotheses_do_not_survive_holm() -> None:
 
 def test_header_says_what_the_report_reports() -> None:
     runs = fake_runs({A: {0: 0.200, 1: 0.220, 2: 0.190}, B: {0: 0.100, 1: 0.098, 2: 0.102}})
+    runs["params.precision"] = "fp32"
     p = describe(runs, GridSource("lr_check", "abc123", "run42"),
                  now=dt.datetime(2026, 11, 29, 10, 0, tzinfo=dt.UTC))
     fields = dict(p.fields)
@@ -182,6 +183,7 @@ def test_header_says_what_the_report_reports() -> None:
     assert fields["epochs"] == "2"
     assert "sgd, lr 1e-06, 0.05 (varies by cell)" in fields["recipe"]
     assert "batch 256" in fields["recipe"] and "schedule onecycle" in fields["recipe"]
+    assert fields["precision"] == "fp32"
     assert fields["seeds"].startswith("3 (0, 1, 2)")
     assert fields["runs"] == "2026-11-29 09:00 UTC to 2026-11-29 09:05 UTC"
     assert fields["report written"] == "2026-11-29 10:00 UTC"

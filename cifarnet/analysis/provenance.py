@@ -122,6 +122,7 @@ def describe(runs: pd.DataFrame, source: GridSource | None = None,
                     f"validation, {_show(ok, 'data.num_test')} test")),
         ("epochs", _show(ok, "train.epochs")),
         ("recipe", recipe),
+        ("precision", _show(ok, "precision")),  # resolved on the machine that ran them
         ("seeds", (f"{len(seeds)} ({', '.join(str(s) for s in seeds) or 'none'}); "
                    f"{len(ok)} finished run(s)")),
         ("runs", when),

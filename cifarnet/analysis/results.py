@@ -174,7 +174,7 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
                        "on the full training set).")
         out += [budget, ""]
         out += [f"- {k}: {val}" for k, val in p.fields if k in ("grid", "parent run", "recipe",
-                                                               "images", "epochs")]
+                                                               "precision", "images", "epochs")]
         out.append("")
     for c_ in a.tuning:
         if c_.cell in (v.a_cell, v.b_cell):
