@@ -31,6 +31,10 @@ def test_the_shipped_claims_name_shipped_hypotheses() -> None:
     ({"claims": [{"point": 1, "spec": ["x"], "hypothesis": "H", "author": "a"}]},
      "claims[0].spec"),
     ({"claim": []}, "claim"),
+    ({"title": None, "claims": [{"point": 1, "spec": "x", "hypothesis": "H", "author": "a"}]},
+     "title"),
+    ({"source": ["a"], "claims": [{"point": 1, "spec": "x", "hypothesis": "H", "author": "a"}]},
+     "source"),
 ])
 def test_a_bad_claims_file_names_its_key(tmp_path, bad, key) -> None:
     path = tmp_path / "claims.yaml"
@@ -84,8 +88,12 @@ def test_results_page_is_read_back_from_the_store(tmp_path) -> None:
     assert strip((tmp_path / "out" / "RESULTS.md").read_text()) == strip(page)
     # a claim whose spec is neither a file nor an experiment, or names no hypothesis of its
     # spec: one line, and nothing written
+    (tmp_path / "broken.yaml").write_text("name: broken\nfactors: {model.dilation: [2, 9]}\n"
+                                          "seeds: [0]\n")
     for change, line in (({"spec": "nosuchspec"}, "error: claims[1].spec: 'nosuchspec' is "
                           "neither a spec file nor an experiment of the store"),
+                         ({"spec": "broken.yaml"}, "error: claims[1].spec: "
+                          "factors.model.dilation: must be <= 4, got 9"),
                          ({"hypothesis": "H9"}, "error: claims[1].hypothesis: spec later.yaml "
                           "has no hypothesis 'H9' (its hypotheses: H)")):
         bad = yaml.safe_load((tmp_path / "claims.yaml").read_text())
@@ -105,6 +113,31 @@ def test_results_with_a_bad_claims_file_is_one_line_and_writes_nothing(tmp_path)
     assert r.stderr.strip().splitlines() == [
         f"error: claims: expected a non-empty list in {Path('claims.yaml')}"]
     assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_results_without_a_store_refuses_and_writes_nothing(tmp_path) -> None:
+    """Run outside the folder of the runs (e.g. at the repository root instead of
+    results/store), it would have overwritten the page with every claim "not run yet"."""
+    r = subprocess.run([EXE, "results", "--out", "page/RESULTS.md"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: MLFLOW_TRACKING_URI: no tracking "
+                                                     "store at "), r.stderr
+    assert "results/store" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_claim_not_run_removes_its_plots_and_a_pipe_stays_in_its_cell(tmp_path) -> None:
+    from cifarnet.analysis.results import Claim, ClaimsFile, write_results
+
+    stale = tmp_path / "results" / "gone"
+    stale.mkdir(parents=True)
+    for name in ("differences.png", "curves.png"):
+        (stale / name).write_bytes(b"old plot")
+    (tmp_path / "results" / "store").mkdir()  # not a claim's folder: left alone
+    claims = ClaimsFile("T", "", [Claim("1 | x", "gone", "H", "a")])
+    write_results(claims, {"gone": None}, {}, tmp_path / "RESULTS.md", "cmd", "store")
+    assert not stale.exists() and (tmp_path / "results" / "store").is_dir()
+    assert "| 1 \\| x | H (gone) | not run yet |" in (tmp_path / "RESULTS.md").read_text()
 
 
 COMMITTED_STORE = REPO / "results" / "store"

@@ -198,9 +198,23 @@ class AblationSpec:
         return [j for j in self.jobs() if j.cell.label not in arms or j.cell.label in self.tuned]
 
     def with_base(self, overrides: Mapping[str, Any]) -> "AblationSpec":
-        """A copy with `--set` overrides merged into the base (validated)."""
+        """A copy with `--set` overrides merged into the base (validated, in every cell and,
+        with a `tune:` block, at every extreme of its space). Raises SpecError naming the
+        `--set` key, also where the rule it breaks names a key of the spec's base."""
         merged = {**self.base, **flatten_mapping(overrides)}
-        _check_config(merged, "--set ")
+        sets = list(flatten_mapping(overrides))
+        try:
+            build_config(merged)
+        except ConfigError as exc:
+            named = str(exc).split(":", 1)[0]
+            raise SpecError(f"--set {exc}" if named in sets else
+                            f"{', '.join(f'--set {k}' for k in sets)}: {exc}") from None
+        _check_cells(merged, self.factors, ", ".join(f"--set {k}" for k in sets) + ": ")
+        if self.tune is not None:
+            from cifarnet.search.spec import check_tune_extremes
+
+            check_tune_extremes(self.tune, merged, self.factors,
+                                ", ".join(f"--set {k}" for k in sets) + ": tune.space.")
         for key in flatten_mapping(overrides):
             if key in self.factors:
                 raise SpecError(f"--set {key}: is a factor of the spec; it cannot be fixed")
@@ -280,6 +294,24 @@ def _check_config(overrides: Mapping[str, Any], where: str) -> RunConfig:
         raise SpecError(str(exc)) from None
 
 
+def _check_cells(base: Mapping[str, Any], factors: Mapping[str, list[Any]],
+                 where: str) -> None:
+    """Every cell's config is possible: a level valid alone can break a rule between keys
+    with the base or another factor (e.g. the augmentation ramp plus the flip-only finish
+    over 1). Raises SpecError `<where>factors.<key>: level <v> in cell <label>: <rule>`,
+    naming the factor that varies (the one the rule names, else the first)."""
+    keys = list(factors)
+    for values in itertools.product(*factors.values()):
+        levels = dict(zip(keys, values))
+        try:
+            build_config({**base, **levels})
+        except ConfigError as exc:
+            named = str(exc).split(":", 1)[0]
+            key = named if named in levels else keys[0]
+            raise SpecError(f"{where}factors.{key}: level {format_level(levels[key])} in cell "
+                            f"{cell_label(levels)}: {exc}") from None
+
+
 def parse_header(raw: Mapping[str, Any], keys: set[str]) -> tuple[str, str, dict[str, Any]]:
     """The part every spec shares: known keys only, a valid name, a description, and a base
     of run-config overrides (returned as dotted keys, not yet checked as a config)."""
@@ -316,6 +348,7 @@ def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
     for key in factors:
         if key in base:
             raise SpecError(f"base.{key}: is also a factor; set it in one place only")
+    _check_cells(base, factors, "")
     seeds = _parse_seeds(raw.get("seeds"))
     cells = math.prod(len(levels) for levels in factors.values())
     if cells * len(seeds) > MAX_RUNS:
@@ -377,7 +410,7 @@ def _parse_factors(raw: Any) -> dict[str, list[Any]]:
         if not is_result_key(key):
             raise SpecError(f"{where}: cannot change a result (it is left out of a run's "
                             "identity, so every level would be one run); set it in base")
-        if len({repr(v) for v in values}) != len(values):
+        if len({(type(v), v) for v in values}) != len(values):  # -0.0 == 0.0: one level
             raise SpecError(f"{where}: duplicate levels {shown(levels)}")
         factors[key] = values
     return factors

@@ -85,7 +85,10 @@ def load_claims(path: Path) -> ClaimsFile:
                 raise UserError(f"{where}.{key}: expected text, got {shown(item.get(key))}")
         out.append(Claim(str(item["point"]), str(item["spec"]), str(item["hypothesis"]),
                          " ".join(str(item["author"]).split())))
-    return ClaimsFile(str(raw.get("title", "Results")), str(raw.get("source", "")), out)
+    for key in ("title", "source"):
+        if key in raw and not isinstance(raw[key], str):
+            raise UserError(f"{key}: expected a string in {path}, got {shown(raw[key])}")
+    return ClaimsFile(raw.get("title", "Results"), raw.get("source", ""), out)
 
 
 def agreement(v: Verdict) -> str:
@@ -190,6 +193,14 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
     return out
 
 
+PLOT_FILES = ("differences.png", "curves.png")  # a grid's plots on the page, in this order
+
+
+def _cell(text: object) -> str:
+    """`text` safe inside a Markdown table cell (a '|' would start another column)."""
+    return str(text).replace("|", "\\|")
+
+
 def write_results(claims: ClaimsFile, analyses: Mapping[str, Analysis | None],
                   plots: Mapping[str, list[Path]], out: Path, command: str,
                   store: str, written: Mapping[str, Any] | None = None) -> Path:
@@ -215,7 +226,7 @@ def write_results(claims: ClaimsFile, analyses: Mapping[str, Analysis | None],
     for c in claims.claims:
         a = analyses.get(c.spec)
         v = next((v for v in a.verdicts if v.hypothesis.id == c.hypothesis), None) if a else None
-        lines.append(f"| {c.point} | {c.hypothesis} ({c.spec}) | "
+        lines.append(f"| {_cell(c.point)} | {_cell(c.hypothesis)} ({_cell(c.spec)}) | "
                      + (f"{v.comparison.verdict} | {agreement(v)} | "
                         f"{a.provenance.budget if a.provenance else '-'} |" if v else
                         "not run yet | - | - |"))
@@ -234,6 +245,13 @@ def write_results(claims: ClaimsFile, analyses: Mapping[str, Analysis | None],
         for src, dest in copies:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
+        for c in claims.claims:  # a claim not run (any more): no plots of an earlier page
+            if analyses.get(c.spec) is None:
+                stale = folder / "results" / Path(c.spec).stem
+                for name in PLOT_FILES:
+                    (stale / name).unlink(missing_ok=True)
+                if stale.is_dir() and not any(stale.iterdir()):
+                    stale.rmdir()
     except OSError as exc:
         raise UserError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
     return out
@@ -259,8 +277,8 @@ def spec_plots(a: Analysis, folder: Path) -> list[Path]:
     from cifarnet.analysis.plots import plot_curves, plot_differences
 
     folder.mkdir(parents=True, exist_ok=True)
-    return [plot_differences(a, folder / "differences.png"),
-            plot_curves(a, folder / "curves.png")]
+    differences, curves = PLOT_FILES
+    return [plot_differences(a, folder / differences), plot_curves(a, folder / curves)]
 
 
 def analyses_for(claims: ClaimsFile, analyse: Any) -> dict[str, Analysis | None]:
@@ -287,6 +305,11 @@ def analyses_for(claims: ClaimsFile, analyse: Any) -> dict[str, Analysis | None]
     return out
 
 
+def _yaml_text(value: Any) -> str:
+    """A value as a spec or `--set` spells it (true, not Python's True)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 def spec_changes(ran: Any, written: Any) -> list[str]:
     """How the grid's spec as it ran (`ran`, logged on its parent run) differs from the spec
     file as written (`written`): base keys, factors, seeds, match, tune; [] when alike."""
@@ -296,8 +319,8 @@ def spec_changes(ran: Any, written: Any) -> list[str]:
     b_ran, b_file = flatten_mapping(ran.base), flatten_mapping(written.base)
     for key in sorted(set(b_ran) | set(b_file)):
         if b_ran.get(key) != b_file.get(key):
-            out.append(f"{key}={b_ran.get(key, 'default')} (the file: "
-                       f"{b_file.get(key, 'default')})")
+            out.append(f"{key}={_yaml_text(b_ran.get(key, 'default'))} (the file: "
+                       f"{_yaml_text(b_file.get(key, 'default'))})")
     for name in ("factors", "seeds", "match"):
         if getattr(ran, name) != getattr(written, name):
             out.append(f"{name} {getattr(ran, name)} (the file: {getattr(written, name)})")

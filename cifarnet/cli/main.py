@@ -602,6 +602,7 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
 def results_cmd(claims_path: str, out_file: str) -> None:
     """RESULTS.md: each claim of the seed write-up answered from the tracking store (the
     newest grid of its spec), with the author's conclusion beside the verdict."""
+    import shlex
     import tempfile
 
     from cifarnet.cli.logs import quiet_libraries
@@ -619,17 +620,25 @@ def results_cmd(claims_path: str, out_file: str) -> None:
         write_results,
     )
     from cifarnet.tracking.results import find_parent_run
+    from cifarnet.tracking.store import store_exists
     from cifarnet.tracking.urls import masked
 
     workspace = click.get_current_context().obj
     claims = load_claims(claims_file(claims_path))
+    if not store_exists(workspace):  # else every claim would read "not run yet", silently
+        raise UserError(f"MLFLOW_TRACKING_URI: no tracking store at "
+                        f"{masked(workspace.tracking_uri)}; run the claims' specs first, or "
+                        "run results in the folder whose mlruns/ holds their runs (this "
+                        "project's: results/store)")
     analyses = analyses_for(claims, lambda name: analyze_grid(
         find_parent_run(name, workspace), with_history=True))
     written = {}
-    for c in claims.claims:  # the spec files as they read now: a grid that ran otherwise is named
-        try:
+    for i, c in enumerate(claims.claims):  # the spec files as they read now: a grid that ran
+        try:                                # otherwise is named
             written[c.spec] = load_spec(c.spec)
-        except UserError:
+        except UserError as exc:
+            if analyses.get(c.spec) is None:  # no grid, and the file cannot be run either
+                raise UserError(f"claims[{i}].spec: {exc}") from None
             written[c.spec] = None
     check_claims(claims, analyses, written)
     out = Path(out_file)
@@ -638,9 +647,9 @@ def results_cmd(claims_path: str, out_file: str) -> None:
     with tempfile.TemporaryDirectory(prefix="cifarnet-results-") as tmp:
         plots = {name: spec_plots(a, Path(tmp) / a.spec.name)
                  for name, a in analyses.items() if a is not None}
-        argv = " ".join(["cifarnet-exp results", *(
-            [f"--claims {claims_path}"] if claims_path != "seed_claims.yaml" else []),
-            *([f"--out {out_file}"] if out_file != "RESULTS.md" else [])])
+        argv = shlex.join(["cifarnet-exp", "results", *(
+            ["--claims", claims_path] if claims_path != "seed_claims.yaml" else []),
+            *(["--out", out_file] if out_file != "RESULTS.md" else [])])
         write_results(claims, analyses, plots, out, argv, masked(workspace.tracking_uri),
                       written)
     missing = [name for name, a in analyses.items() if a is None]

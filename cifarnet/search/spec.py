@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from cifarnet.ablation.spec import MAX_RUNS, SpecError, parse_header, resolve_spec_path
 from cifarnet.config.schema import (
@@ -103,7 +104,15 @@ class SearchSpec:
                 raise SpecError(f"--set {key}: is searched over; it cannot be fixed")
         spec = SearchSpec(self.name, self.description, merged, self.space, self.objectives,
                           self.n_trials, self.sampler, self.pruner)
+        sets = ", ".join(f"--set {k}" for k in flatten_mapping(overrides))
+        try:
+            build_config(merged)
+        except ConfigError as exc:  # name what was set, even where the rule names the base
+            named = str(exc).split(":", 1)[0]
+            raise SpecError(f"--set {exc}" if named in flatten_mapping(overrides)
+                            else f"{sets}: {exc}") from None
         _check_base(spec.base, "--set ")
+        _refuse_extremes(merged, self.space, f"{sets}: space.")
         return spec
 
 
@@ -123,6 +132,45 @@ def _check_base(base: Mapping[str, Any], where: str) -> RunConfig:
     return cfg
 
 
+MAX_EXTREMES = 10_000  # combinations of extremes checked per cell (more: not checked)
+
+
+def impossible_extreme(base: Mapping[str, Any], space: list[Param],
+                       cells: Sequence[Mapping[str, Any]] = ({},),
+                       ) -> tuple[str, dict[str, Any], ConfigError] | None:
+    """The first combination of the space's extremes (each numeric range's low and high,
+    every categorical choice) that makes an impossible config with `base` and one of
+    `cells` (extra fixed levels, e.g. a grid's factor levels), as (the space key to name,
+    the combination, the error); None when there is none. The rules between keys
+    (`config.schema._check_combinations`: the augmentation ramp plus the flip-only finish at
+    most 1, a weight EMA only with BatchNorm recalibration) are monotone in each value, so a
+    value sampled inside the ranges can be impossible only if an extreme is. Checked before
+    any trial, so a search never stops at its first unlucky sample with its study written."""
+    options = [p.choices if p.type == "categorical" else (p.low, p.high) for p in space]
+    if math.prod(len(o) for o in options) > MAX_EXTREMES:
+        return None
+    keys = [p.key for p in space]
+    for levels in cells:
+        for combo in itertools.product(*options):
+            values = dict(zip(keys, combo))
+            try:
+                build_config({**base, **levels, **values})
+            except ConfigError as exc:
+                named = str(exc).split(":", 1)[0]
+                return (named if named in values else keys[0]), values, exc
+    return None
+
+
+def _refuse_extremes(base: Mapping[str, Any], space: list[Param], where: str,
+                     cells: Sequence[Mapping[str, Any]] = ({},)) -> None:
+    """SpecError `<where><key>: ...` when `impossible_extreme` finds a combination."""
+    found = impossible_extreme(base, space, cells)
+    if found is not None:
+        key, values, exc = found
+        at = ", ".join(f"{k}={v}" for k, v in values.items())
+        raise SpecError(f"{where}{key}: the space reaches an impossible config ({at}): {exc}")
+
+
 def parse_search_spec(raw: Mapping[str, Any]) -> SearchSpec:
     name, description, base = parse_header(raw, SEARCH_KEYS)
     space = _parse_space(raw.get("space"))
@@ -130,6 +178,7 @@ def parse_search_spec(raw: Mapping[str, Any]) -> SearchSpec:
         if p.key in base:
             raise SpecError(f"base.{p.key}: is also searched over; set it in one place only")
     _check_base(base, "base.")
+    _refuse_extremes(base, space, "space.")
     objectives = _parse_objectives(raw)
     n_trials = raw.get("n_trials", 20)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or not (
@@ -374,7 +423,17 @@ def parse_tune_block(raw: Any, factors: Mapping[str, Any], seeds: list[int],
                       sampler, pruner)
     _check_base({**{k: v for k, v in base.items() if k not in block.keys()},
                  **tune_overrides(block)}, "tune: ")
+    check_tune_extremes(block, base, factors, "tune.space.")
     return block
+
+
+def check_tune_extremes(block: TuneBlock, base: Mapping[str, Any],
+                        factors: Mapping[str, Sequence[Any]], where: str) -> None:
+    """SpecError naming `<where><key>` when some arm (any cell of `factors`) with some
+    extreme of the tune space is an impossible config (`impossible_extreme`)."""
+    keys = list(factors)
+    cells = [dict(zip(keys, values)) for values in itertools.product(*factors.values())]
+    _refuse_extremes({**base, **tune_overrides(block)}, list(block.space), where, cells)
 
 
 def tune_overrides(block: TuneBlock) -> dict[str, Any]:

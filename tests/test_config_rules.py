@@ -1,0 +1,136 @@
+"""Rules between config keys (the augmentation ramp plus the flip-only finish at most 1, a
+weight EMA only with BatchNorm recalibration) hold wherever a value can come from: the base,
+a factor level in some cell only, `--set`, a search space or a tune space at any value the
+sampler may draw. Each refusal is one SpecError that names the key the user wrote, before
+anything is written (a search used to stop at its first unlucky sample, its study written)."""
+
+import copy
+
+import pytest
+from helpers import search_spec
+
+from cifarnet.ablation.spec import SpecError, load_spec, parse_spec
+from cifarnet.search.spec import load_search_spec, parse_search_spec
+
+GRID = {
+    "name": "t",
+    "base": {"train": {"epochs": 3}},
+    "factors": {"model.residual_add": [True, False]},
+    "seeds": [0, 1],
+    "hypotheses": [{"id": "H", "claim": "c", "metric": "test_acc",
+                    "a": {"model.residual_add": True}, "b": {"model.residual_add": False},
+                    "expect": "a > b", "rope": 0.002}],
+}
+OVER = "plus data.flip_only_frac"
+
+
+def grid(**changes) -> dict:
+    spec = copy.deepcopy(GRID)
+    spec.update(changes)
+    return spec
+
+
+def refused(fn, *args) -> str:
+    with pytest.raises(SpecError) as err:
+        fn(*args)
+    return str(err.value)
+
+
+# --- a factor level that breaks a rule in some cells only ------------------------------------
+
+def test_a_factor_level_over_the_rule_names_the_factor_and_its_cell() -> None:
+    msg = refused(parse_spec, grid(factors={"data.augment_ramp_frac": [0.0, 0.5, 0.8]}))
+    assert msg.startswith("factors.data.augment_ramp_frac: level 0.8 in cell "
+                          "augment_ramp_frac=0.8: data.augment_ramp_frac: 0.8 " + OVER), msg
+
+
+def test_the_factor_that_varies_is_named_even_where_the_rule_names_the_base() -> None:
+    msg = refused(parse_spec, grid(base={"data": {"augment_ramp_frac": 0.5}},
+                                   factors={"data.flip_only_frac": [0.0, 0.33, 0.6]}))
+    assert msg.startswith("factors.data.flip_only_frac: level 0.6 in cell "
+                          "flip_only_frac=0.6: data.augment_ramp_frac: 0.5 " + OVER), msg
+
+
+def test_levels_equal_in_value_are_one_level() -> None:
+    msg = refused(parse_spec, grid(factors={"data.augment_ramp_frac": [0.0, -0.0]}))
+    assert msg.startswith("factors.data.augment_ramp_frac: duplicate levels"), msg
+
+
+# --- --set: the key that was set is named ----------------------------------------------------
+
+def test_set_is_named_where_the_rule_names_a_key_of_the_base() -> None:
+    spec = parse_spec(grid(base={"train": {"epochs": 3}, "data": {"augment_ramp_frac": 0.5}}))
+    msg = refused(spec.with_sets, ["data.flip_only_frac=0.6"])
+    assert msg.startswith("--set data.flip_only_frac: data.augment_ramp_frac: 0.5 " + OVER), msg
+    msg = refused(spec.with_sets, ["data.augment_ramp_frac=0.9"])
+    assert msg.startswith("--set data.augment_ramp_frac: 0.9 " + OVER), msg
+
+
+def test_set_against_a_factor_level_names_the_set_and_the_cell() -> None:
+    spec = parse_spec(grid(factors={"data.augment_ramp_frac": [0.0, 0.3]}, hypotheses=[]))
+    msg = refused(spec.with_sets, ["data.flip_only_frac=0.8"])
+    assert msg.startswith("--set data.flip_only_frac: factors.data.augment_ramp_frac: level "
+                          "0.3 in cell augment_ramp_frac=0.3: "), msg
+
+
+# --- search spaces: every value the sampler may draw -----------------------------------------
+
+@pytest.mark.parametrize("space,base,key", [
+    ({"data.augment_ramp_frac": {"type": "float", "low": 0.0, "high": 0.9}}, {},
+     "space.data.augment_ramp_frac"),
+    ({"data.augment_ramp_frac": {"type": "categorical", "choices": [0.0, 0.8]}}, {},
+     "space.data.augment_ramp_frac"),
+    ({"data.augment_ramp_frac": {"type": "float", "low": 0.0, "high": 0.6},
+      "data.flip_only_frac": {"type": "float", "low": 0.0, "high": 0.6}}, {},
+     "space.data.augment_ramp_frac"),
+    ({"data.augment_ramp_frac": {"type": "float", "low": 0.0, "high": 0.3}},
+     {"flip_only_frac": 0.9}, "space.data.augment_ramp_frac"),
+    ({"train.ema_decay": {"type": "float", "low": 0.0, "high": 0.99}},
+     {"bn_recal_batches": 0}, "space.train.ema_decay"),
+])
+def test_a_search_space_that_reaches_an_impossible_config_is_refused(tiny_tree, tmp_path,
+                                                                     space, base, key) -> None:
+    raw = search_spec(tiny_tree, tmp_path, space=space)
+    for k, v in base.items():
+        raw["base"]["train" if k == "bn_recal_batches" else "data"][k] = v
+    msg = refused(parse_search_spec, raw)
+    assert msg.startswith(f"{key}: the space reaches an impossible config ("), msg
+
+
+def test_set_on_a_search_is_checked_against_its_space() -> None:
+    spec = load_search_spec("recipe")  # its ramp reaches 0.3
+    msg = refused(spec.with_base, {"data.flip_only_frac": 0.9})
+    assert msg.startswith("--set data.flip_only_frac: space.data.augment_ramp_frac: the space "
+                          "reaches an impossible config (") and "0.3" in msg, msg
+    assert spec.with_base({"data.flip_only_frac": 0.7}).base["data.flip_only_frac"] == 0.7
+
+
+# --- tune spaces: every arm, at every value ---------------------------------------------------
+
+def _tuned(space: dict, **changes) -> dict:
+    return grid(tune={"space": space, "n_trials": 2, "epochs": 1, "val_size": 20}, **changes)
+
+
+def test_a_tune_space_that_reaches_an_impossible_arm_is_refused() -> None:
+    ramp = {"data.augment_ramp_frac": {"type": "float", "low": 0.0, "high": 0.9}}
+    msg = refused(parse_spec, _tuned(ramp))
+    assert msg.startswith("tune.space.data.augment_ramp_frac: the space reaches"), msg
+    # possible in the base, impossible in one arm (a factor level)
+    low = {"data.augment_ramp_frac": {"type": "float", "low": 0.0, "high": 0.3}}
+    msg = refused(parse_spec, _tuned(low, factors={"data.flip_only_frac": [0.0, 0.9]},
+                                     hypotheses=[{**GRID["hypotheses"][0],
+                                                  "a": {"data.flip_only_frac": 0.0},
+                                                  "b": {"data.flip_only_frac": 0.9}}]))
+    assert msg.startswith("tune.space.data.augment_ramp_frac: the space reaches"), msg
+    # and a --set that makes the tune space reach it
+    spec = parse_spec(_tuned(low))
+    msg = refused(spec.with_sets, ["data.flip_only_frac=0.8"])
+    assert msg.startswith("--set data.flip_only_frac: tune.space.data.augment_ramp_frac: "), msg
+
+
+def test_the_shipped_specs_pass_every_rule() -> None:
+    for name in ("dilation_add", "dilation_add_tuned", "extra_adds", "pointwise_after_stride",
+                 "regular_after_depthwise"):
+        load_spec(name)
+    for name in ("lr_aug", "acc_vs_params", "recipe"):
+        load_search_spec(name)
