@@ -203,18 +203,17 @@ class AblationSpec:
         `--set` key, also where the rule it breaks names a key of the spec's base."""
         merged = {**self.base, **flatten_mapping(overrides)}
         sets = list(flatten_mapping(overrides))
+        named_sets = ", ".join(f"--set {k}" for k in sets)
         try:
             build_config(merged)
         except ConfigError as exc:
             named = str(exc).split(":", 1)[0]
-            raise SpecError(f"--set {exc}" if named in sets else
-                            f"{', '.join(f'--set {k}' for k in sets)}: {exc}") from None
-        _check_cells(merged, self.factors, ", ".join(f"--set {k}" for k in sets) + ": ")
+            raise SpecError(f"--set {exc}" if named in sets else f"{named_sets}: {exc}") from None
+        _check_cells(merged, self.factors, f"{named_sets}: ")
         if self.tune is not None:
             from cifarnet.search.spec import check_tune_extremes
 
-            check_tune_extremes(self.tune, merged, self.factors,
-                                ", ".join(f"--set {k}" for k in sets) + ": tune.space.")
+            check_tune_extremes(self.tune, merged, self.factors, f"{named_sets}: tune.space.")
         for key in flatten_mapping(overrides):
             if key in self.factors:
                 raise SpecError(f"--set {key}: is a factor of the spec; it cannot be fixed")
@@ -348,13 +347,13 @@ def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
     for key in factors:
         if key in base:
             raise SpecError(f"base.{key}: is also a factor; set it in one place only")
-    _check_cells(base, factors, "")
     seeds = _parse_seeds(raw.get("seeds"))
     cells = math.prod(len(levels) for levels in factors.values())
     if cells * len(seeds) > MAX_RUNS:
         raise SpecError(f"factors: {cells:,} cell(s) x {len(seeds):,} seed(s) = "
                         f"{cells * len(seeds):,} runs, more than the limit of {MAX_RUNS:,} "
                         "runs per grid; split the grid into several specs")
+    _check_cells(base, factors, "")
     match = _parse_match(raw.get("match"), factors)
     spec = AblationSpec(name, description, base, factors, seeds, [], path, match)
     hypotheses = _parse_hypotheses(raw.get("hypotheses") or [], spec)
