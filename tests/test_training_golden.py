@@ -10,6 +10,13 @@ machine failed on another whose pre-refactor code gave the same numbers as the r
 code. At lr 0.01 the run is stable: kernel rounding moves a metric by about 1e-7 relative,
 while a change in what the trainer computes (the order of random draws, a missed
 augmentation, a different schedule) moves it by 1e-3 or more.
+
+Across CPU instruction sets the kernels differ more: on an AMD EPYC with AVX2 but no AVX-512
+(2026-11-30) the largest relative difference of a loss was 9.3e-5 (torch backend, training
+loss of epoch 2), and with the albumentations backend one training image of the epoch was
+classified otherwise (OpenCV picks its warp kernels by CPU, so a pixel can round the other
+way). So losses and the lr are held to 5e-4 relative (below the 1e-3 of a real change), and
+accuracies, which move in steps of one image, to one image of the smallest split.
 """
 
 import json
@@ -23,7 +30,8 @@ from cifarnet.training.loop import train
 GOLDEN = json.loads((Path(__file__).parent / "data" / "training_golden_fp32.json").read_text())
 # Execution settings that reproduce the recorded code's behaviour on the CPU.
 THEN = {"train.precision": "fp32", "train.bn_recal_batches": 0}
-REL = 1e-5
+REL = 5e-4          # losses and lr, relative
+ONE_IMAGE = 0.07    # accuracies, absolute: one image of the smallest split (15 test images a class)
 
 
 @pytest.mark.parametrize("backend", ["torch", "albumentations"])
@@ -35,5 +43,12 @@ def test_fp32_run_matches_the_recorded_metrics(tiny_tree, tmp_path, backend: str
     history = [{k: v for k, v in h.items() if k not in ("epoch_time_s", "images_per_s")}
                for h in result.history]
     want = GOLDEN[backend]
-    assert history == [pytest.approx(h, rel=REL) for h in want["history"]]
-    assert result.class_acc == pytest.approx(want["class_acc"], rel=REL)
+    assert len(history) == len(want["history"])
+    for got, expected in zip(history, want["history"]):
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            if key.endswith("_acc"):
+                assert got[key] == pytest.approx(value, abs=ONE_IMAGE), (key, got["epoch"])
+            else:
+                assert got[key] == pytest.approx(value, rel=REL), (key, got["epoch"])
+    assert result.class_acc == pytest.approx(want["class_acc"], abs=ONE_IMAGE)
