@@ -202,13 +202,7 @@ class AblationSpec:
         with a `tune:` block, at every extreme of its space). Raises SpecError naming the
         `--set` key, also where the rule it breaks names a key of the spec's base."""
         merged = {**self.base, **flatten_mapping(overrides)}
-        sets = list(flatten_mapping(overrides))
-        named_sets = ", ".join(f"--set {k}" for k in sets)
-        try:
-            build_config(merged)
-        except ConfigError as exc:
-            named = str(exc).split(":", 1)[0]
-            raise SpecError(f"--set {exc}" if named in sets else f"{named_sets}: {exc}") from None
+        named_sets = check_sets(merged, list(flatten_mapping(overrides)))
         _check_cells(merged, self.factors, f"{named_sets}: ")
         if self.tune is not None:
             from cifarnet.search.spec import check_tune_extremes
@@ -293,6 +287,23 @@ def _check_config(overrides: Mapping[str, Any], where: str) -> RunConfig:
         raise SpecError(str(exc)) from None
 
 
+def error_key(exc: ConfigError) -> str:
+    """The dotted key a ConfigError names first (its text up to the first ':')."""
+    return str(exc).split(":", 1)[0]
+
+
+def check_sets(merged: Mapping[str, Any], sets: list[str]) -> str:
+    """Check a base with `--set` keys `sets` merged in; return their names
+    ('--set a, --set b'). Raises SpecError naming the `--set` key, also where the rule it
+    breaks names a key that came from the spec's base."""
+    named = ", ".join(f"--set {k}" for k in sets)
+    try:
+        build_config(merged)
+    except ConfigError as exc:
+        raise SpecError(f"--set {exc}" if error_key(exc) in sets else f"{named}: {exc}") from None
+    return named
+
+
 def _check_cells(base: Mapping[str, Any], factors: Mapping[str, list[Any]],
                  where: str) -> None:
     """Every cell's config is possible: a level valid alone can break a rule between keys
@@ -305,8 +316,7 @@ def _check_cells(base: Mapping[str, Any], factors: Mapping[str, list[Any]],
         try:
             build_config({**base, **levels})
         except ConfigError as exc:
-            named = str(exc).split(":", 1)[0]
-            key = named if named in levels else keys[0]
+            key = error_key(exc) if error_key(exc) in levels else keys[0]
             raise SpecError(f"{where}factors.{key}: level {format_level(levels[key])} in cell "
                             f"{cell_label(levels)}: {exc}") from None
 

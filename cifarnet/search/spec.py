@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cifarnet.ablation.spec import MAX_RUNS, SpecError, parse_header, resolve_spec_path
+from cifarnet.ablation.spec import (
+    MAX_RUNS,
+    SpecError,
+    check_sets,
+    error_key,
+    parse_header,
+    resolve_spec_path,
+)
 from cifarnet.config.schema import (
     RunConfig,
     build_config,
@@ -104,13 +111,7 @@ class SearchSpec:
                 raise SpecError(f"--set {key}: is searched over; it cannot be fixed")
         spec = SearchSpec(self.name, self.description, merged, self.space, self.objectives,
                           self.n_trials, self.sampler, self.pruner)
-        sets = ", ".join(f"--set {k}" for k in flatten_mapping(overrides))
-        try:
-            build_config(merged)
-        except ConfigError as exc:  # name what was set, even where the rule names the base
-            named = str(exc).split(":", 1)[0]
-            raise SpecError(f"--set {exc}" if named in flatten_mapping(overrides)
-                            else f"{sets}: {exc}") from None
+        sets = check_sets(merged, list(flatten_mapping(overrides)))
         _check_base(spec.base, "--set ")
         _refuse_extremes(merged, self.space, f"{sets}: space.")
         return spec
@@ -156,8 +157,7 @@ def impossible_extreme(base: Mapping[str, Any], space: list[Param],
             try:
                 build_config({**base, **levels, **values})
             except ConfigError as exc:
-                named = str(exc).split(":", 1)[0]
-                return (named if named in values else keys[0]), values, exc
+                return (error_key(exc) if error_key(exc) in values else keys[0]), values, exc
     return None
 
 
