@@ -24,6 +24,7 @@ import torch
 from cifarnet.config.schema import RunConfig, load_config
 from cifarnet.data.datasets import Dataset, load_data
 from cifarnet.training.callbacks import Callback
+from cifarnet.training.device import resolve_precision, select_device
 from cifarnet.training.loop import train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -94,7 +95,9 @@ def main() -> None:
         f"{t.schedule}, batch {t.batch_size}, weight decay {t.weight_decay:g}, "
         f"label smoothing {t.label_smoothing:g}, {t.epochs} epochs, augment strength "
         f"{base.data.augment_strength:g} with the last {base.data.flip_only_frac:g} of the "
-        f"epochs flip-only ({base.data.backend} backend).",
+        f"epochs flip-only ({base.data.backend} backend); flip test-time augmentation "
+        f"{'on' if t.tta_flip else 'off'}; precision "
+        f"{resolve_precision(t.precision, select_device(t.device))}.",
         "",
         "| seed | epochs to 85% | final test acc | best test acc | s/epoch |",
         "|---:|---:|---:|---:|---:|",

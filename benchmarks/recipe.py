@@ -6,7 +6,8 @@ product itself.
 
 Runs every spec in `benchmarks/specs/recipe/` (one technique each, as a factor with the
 default recipe as its other level: flip TTA, a weight EMA, no weight decay on BatchNorm and
-biases, a BatchNorm learning-rate multiplier, label smoothing) with `cifarnet-exp run` in the
+biases, a BatchNorm learning-rate multiplier, label smoothing, the augmentation ramp, batch size
+and the schedule's shape) with `cifarnet-exp run` in the
 working folder's store (so the default cell, the same config in every spec, trains once per
 seed and is reused by the others), then reads each grid back with the product's analysis and
 prints, per technique, both arms' mean test accuracy, the paired difference (technique -

@@ -5,6 +5,7 @@ sampler may draw. Each refusal is one SpecError that names the key the user wrot
 anything is written (a search used to stop at its first unlucky sample, its study written)."""
 
 import copy
+from pathlib import Path
 
 import pytest
 from helpers import search_spec
@@ -134,3 +135,12 @@ def test_the_shipped_specs_pass_every_rule() -> None:
         load_spec(name)
     for name in ("lr_aug", "acc_vs_params", "recipe"):
         load_search_spec(name)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "benchmarks"
+                                          / "specs").rglob("*.yaml")), ids=lambda p: p.stem)
+def test_the_benchmark_specs_pass_every_rule(path: Path) -> None:
+    """The specs the benchmarks run (the recipe techniques among them) load as the product
+    would load them, so a benchmark never stops on a spec error after hours of other runs."""
+    spec = load_spec(str(path))
+    assert spec.name == path.stem
