@@ -115,9 +115,7 @@ class AblationSpec:
         return {self.tune.seed} if self.tune is not None else set()
 
     def cells(self) -> list[Cell]:
-        keys = list(self.factors)
-        return [Cell(dict(zip(keys, values)), cell_label(dict(zip(keys, values))))
-                for values in itertools.product(*self.factors.values())]
+        return [Cell(levels, cell_label(levels)) for levels in factor_levels(self.factors)]
 
     def base_config(self) -> RunConfig:
         return build_config(self.base)
@@ -304,19 +302,24 @@ def check_sets(merged: Mapping[str, Any], sets: list[str]) -> str:
     return named
 
 
+def factor_levels(factors: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """The full factorial grid: one {key: level} per cell, the first factor outermost
+    (the order of `AblationSpec.cells`)."""
+    keys = list(factors)
+    return [dict(zip(keys, values)) for values in itertools.product(*factors.values())]
+
+
 def _check_cells(base: Mapping[str, Any], factors: Mapping[str, list[Any]],
                  where: str) -> None:
     """Every cell's config is possible: a level valid alone can break a rule between keys
     with the base or another factor (e.g. the augmentation ramp plus the flip-only finish
     over 1). Raises SpecError `<where>factors.<key>: level <v> in cell <label>: <rule>`,
     naming the factor that varies (the one the rule names, else the first)."""
-    keys = list(factors)
-    for values in itertools.product(*factors.values()):
-        levels = dict(zip(keys, values))
+    for levels in factor_levels(factors):
         try:
             build_config({**base, **levels})
         except ConfigError as exc:
-            key = error_key(exc) if error_key(exc) in levels else keys[0]
+            key = error_key(exc) if error_key(exc) in levels else next(iter(levels))
             raise SpecError(f"{where}factors.{key}: level {format_level(levels[key])} in cell "
                             f"{cell_label(levels)}: {exc}") from None
 

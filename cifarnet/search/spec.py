@@ -20,6 +20,7 @@ from cifarnet.ablation.spec import (
     SpecError,
     check_sets,
     error_key,
+    factor_levels,
     parse_header,
     resolve_spec_path,
 )
@@ -431,9 +432,8 @@ def check_tune_extremes(block: TuneBlock, base: Mapping[str, Any],
                         factors: Mapping[str, Sequence[Any]], where: str) -> None:
     """SpecError naming `<where><key>` when some arm (any cell of `factors`) with some
     extreme of the tune space is an impossible config (`impossible_extreme`)."""
-    keys = list(factors)
-    cells = [dict(zip(keys, values)) for values in itertools.product(*factors.values())]
-    _refuse_extremes({**base, **tune_overrides(block)}, list(block.space), where, cells)
+    _refuse_extremes({**base, **tune_overrides(block)}, list(block.space), where,
+                     factor_levels(factors))
 
 
 def tune_overrides(block: TuneBlock) -> dict[str, Any]:
