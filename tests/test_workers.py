@@ -154,3 +154,38 @@ def test_an_event_to_a_dead_supervisor_is_dropped(monkeypatch) -> None:
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     workers.emit({"run": "trial 0", "epoch": 1, "epochs": 2})  # no exception
     workers.emit({"run": "trial 0", "end": "killed"})
+
+
+def test_the_supervisor_sleeps_while_its_workers_stop(monkeypatch) -> None:
+    """After the first signal the supervisor waits for its workers without spinning a core
+    (it did: `wait` on the set flag returned at once, 100% of a CPU for the whole shutdown,
+    which on two cores slowed the workers' own shutdown past the tests' 120 s)."""
+    import sys
+    import threading
+
+    from cifarnet.cli import workers as workers_mod
+    from cifarnet.cli.signals import StopRequest
+
+    real_popen = subprocess.Popen
+
+    def sleeper(args, **kwargs):  # a worker that takes 2 s to end its run
+        kwargs.pop("preexec_fn", None)
+        return real_popen([sys.executable, "-c", "import time; time.sleep(2)"], **kwargs)
+
+    monkeypatch.setattr(workers_mod.subprocess, "Popen", sleeper)
+    request = StopRequest()
+    request.signum = signal.SIGTERM
+    request.event.set()  # the first signal came (and was passed on)
+    cpu = {}
+
+    def supervise() -> None:
+        started = time.thread_time()
+        workers_mod.supervise(["run", "x"], 2, request, lambda i, e: None, lambda i, l: None)
+        cpu["s"] = time.thread_time() - started
+
+    t = threading.Thread(target=supervise)
+    wall = time.monotonic()
+    t.start()
+    t.join(30)
+    assert time.monotonic() - wall >= 1.9
+    assert cpu["s"] < 0.5, f"the supervisor used {cpu['s']:.2f} s of CPU in 2 s of waiting"

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -200,7 +201,12 @@ def supervise(argv: list[str], workers: int, request: Any,
         t.start()
     passed_on = 0  # signals passed on so far (`request.received`, see signals.record_signals)
     while any(p.poll() is None for p in procs):
-        request.event.wait(0.2)
+        if request.event.is_set():
+            # after the first signal `wait` returns at once: sleep, or the loop spins a core
+            # at 100% while the workers end their runs (and slows them on a small machine)
+            time.sleep(0.05)
+        else:
+            request.event.wait(0.2)
         while passed_on < len(request.received):
             for p in procs:
                 if p.poll() is None:
