@@ -4,7 +4,12 @@ other."""
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -92,6 +97,48 @@ def runs_df(folder: Path, experiment: str = "tiny"):
 
 def children(df):
     return df[df["tags.cifarnet.role"] == "child"]
+
+
+# --- interrupting a run at a chosen moment ----------------------------------------------
+
+def signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int,
+                timeout: float = 300.0) -> None:
+    """Send `sig` to `proc` at a moment `ready()` holds, checked again while the process is
+    frozen (SIGSTOP), so the run cannot move past that moment between the check and the
+    signal; a moment already gone lets the process go on and waits for the next.
+
+    Before, tests read the store and signalled a running process: a run of a few tiny epochs
+    could end in between (CI: the SIGTERM meant for a run landed after it had FINISHED)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
+        assert time.monotonic() < deadline, "timed out waiting for the moment to signal"
+        if ready():
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                if ready():
+                    proc.send_signal(sig)
+                    return
+            finally:
+                proc.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
+
+
+def running_epochs(folder: Path) -> int | None:
+    """Epochs the RUNNING run of the folder's SQLite MLflow store has logged (its `test_acc`
+    steps; 0 before the first), or None when no run is RUNNING."""
+    db = folder / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            rows = con.execute(
+                "select r.run_uuid, max(m.step) from runs r left join metrics m "
+                "on m.run_uuid = r.run_uuid and m.key = 'test_acc' "
+                "where r.status = 'RUNNING' group by r.run_uuid").fetchall()
+    except sqlite3.OperationalError:
+        return None
+    return max((int(step or 0) for _, step in rows), default=None)
 
 
 

@@ -11,22 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import EXE, children, make_tree, runs_df, write_spec
-
-
-def _epochs_logged(folder: Path) -> int:
-    """The most epochs any RUNNING child run has logged so far."""
-    db = folder / "mlruns" / "mlflow.db"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=5) as con:
-            row = con.execute(
-                "select max(m.step) from metrics m join runs r on r.run_uuid = m.run_uuid "
-                "where m.key = 'test_acc' and r.status = 'RUNNING'").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0] or 0)
+from helpers import (EXE, children, make_tree, running_epochs, runs_df, signal_when,
+                     write_spec)
 
 
 def _start(spec: Path, folder: Path) -> subprocess.Popen:
@@ -64,11 +50,8 @@ def test_interrupted_job_resumes_with_identical_metrics(resume_tree, uninterrupt
     spec = write_spec(tmp_path, resume_tree, epochs=3, seeds=[0],
                       factors={"model.residual_add": [True]})
     proc = _start(spec, tmp_path)
-    deadline = time.monotonic() + 300
-    while _epochs_logged(tmp_path) < 1:  # epoch 1 is done and its checkpoint uploaded
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.2)
-    proc.send_signal(sig)
+    # epoch 1 is done and its checkpoint uploaded, and an epoch is left for the signal to meet
+    signal_when(proc, lambda: (running_epochs(tmp_path) or 0) in (1, 2), sig)
     proc.communicate(timeout=120)
     if sig == signal.SIGKILL:
         time.sleep(7.5)  # past the grace period: the dead worker's job is stale

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import EXE, children, make_tree, runs_df, write_spec
+from helpers import (EXE, children, make_tree, running_epochs, runs_df, signal_when,
+                     write_spec)
 from pg import free_port
 
 from cifarnet.ablation.spec import load_spec
@@ -131,9 +132,8 @@ def slow_tree(tmp_path_factory) -> Path:
 def test_kill_9_then_rerun_completes_without_duplicates(slow_tree, tmp_path) -> None:
     spec = write_spec(tmp_path, slow_tree, epochs=3)
     proc = _start(spec, tmp_path)
-    _wait_for(lambda: "FINISHED" in _child_statuses(tmp_path)
-              and "RUNNING" in _child_statuses(tmp_path))
-    proc.kill()
+    signal_when(proc, lambda: {"FINISHED", "RUNNING"} <= set(_child_statuses(tmp_path)),
+                signal.SIGKILL)
     proc.wait()
     assert "RUNNING" in _child_statuses(tmp_path)
     time.sleep(7.5)  # past the grace period (2 x heartbeat + 5 s): the job is stale
@@ -152,9 +152,9 @@ def test_kill_9_then_rerun_completes_without_duplicates(slow_tree, tmp_path) -> 
 def test_sigterm_ends_the_run_killed(slow_tree, tmp_path) -> None:
     spec = write_spec(tmp_path, slow_tree, epochs=3, seeds=[0])
     proc = _start(spec, tmp_path)
-    _wait_for(lambda: "RUNNING" in _child_statuses(tmp_path))
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    # a child is running with at least one whole epoch to go: the signal meets a batch
+    signal_when(proc, lambda: "RUNNING" in _child_statuses(tmp_path)
+                and running_epochs(tmp_path) < 2, signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out  # 143
     assert "KILLED" in _child_statuses(tmp_path)

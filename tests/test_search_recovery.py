@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import EXE, make_tree, search_spec, study_of, trial_runs, write
+from helpers import EXE, make_tree, search_spec, signal_when, study_of, trial_runs, write
 
 
 def _start(spec: Path, folder: Path) -> subprocess.Popen:
@@ -18,11 +18,15 @@ def _start(spec: Path, folder: Path) -> subprocess.Popen:
                             text=True)
 
 
-def _running_trial(folder: Path) -> bool:
+def _first_trial_epochs(folder: Path) -> int | None:
+    """Epochs the study's first trial has reported while RUNNING; None otherwise."""
     try:
-        return any(t.state.name == "RUNNING" for t in study_of(folder).trials)
-    except Exception:  # the study does not exist yet
-        return False
+        trials = study_of(folder).trials
+    except Exception:  # the study does not exist yet, or its store is busy
+        return None
+    if not trials or trials[0].state.name != "RUNNING":
+        return None
+    return len(trials[0].intermediate_values)
 
 
 @pytest.mark.slow
@@ -37,12 +41,8 @@ def test_interrupted_search_is_finished_by_the_rerun(tmp_path_factory, tmp_path,
                                                        "device": "cpu",
                                                        "out_dir": str(tmp_path / "runs")}}))
     proc = _start(spec, tmp_path)
-    deadline = time.monotonic() + 300
-    while not _running_trial(tmp_path):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(sig)
+    # the first trial is running with an epoch to go (its pruning reports are its epochs)
+    signal_when(proc, lambda: _first_trial_epochs(tmp_path) in (0, 1), sig)
     out, _ = proc.communicate(timeout=120)
     if sig == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM, out

@@ -13,7 +13,7 @@ import mlflow
 import optuna
 import pytest
 import yaml
-from helpers import EXE, make_tree
+from helpers import EXE, make_tree, signal_when
 
 from cifarnet.ablation.spec import SpecError, parse_spec
 from cifarnet.analysis.tuning import expected_max
@@ -170,12 +170,10 @@ def test_killed_mid_tuning_the_rerun_loses_and_doubles_no_trial(tmp_path, sig) -
     cmd = [EXE, "run", str(spec), "--heartbeat", "1", "--grace", "7"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not any(t.state.name == "RUNNING" and t.number == 1
-                  for s in _studies_or_none(tmp_path) for t in s.trials):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.2)
-    proc.send_signal(sig)
+    # trial 1 of an arm is running with an epoch to go (its pruning reports are its epochs)
+    signal_when(proc, lambda: any(t.state.name == "RUNNING" and t.number == 1
+                                  and len(t.intermediate_values) < 2
+                                  for s in _studies_or_none(tmp_path) for t in s.trials), sig)
     out, _ = proc.communicate(timeout=120)
     if sig == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM, out

@@ -200,7 +200,8 @@ class AblationSpec:
         with a `tune:` block, at every extreme of its space). Raises SpecError naming the
         `--set` key, also where the rule it breaks names a key of the spec's base."""
         merged = {**self.base, **flatten_mapping(overrides)}
-        named_sets = check_sets(merged, list(flatten_mapping(overrides)))
+        check_sets(merged, list(flatten_mapping(overrides)))
+        named_sets = set_names(list(flatten_mapping(overrides)))
         _check_cells(merged, self.factors, f"{named_sets}: ")
         if self.tune is not None:
             from cifarnet.search.spec import check_tune_extremes
@@ -290,16 +291,19 @@ def error_key(exc: ConfigError) -> str:
     return str(exc).split(":", 1)[0]
 
 
-def check_sets(merged: Mapping[str, Any], sets: list[str]) -> str:
-    """Check a base with `--set` keys `sets` merged in; return their names
-    ('--set a, --set b'). Raises SpecError naming the `--set` key, also where the rule it
-    breaks names a key that came from the spec's base."""
-    named = ", ".join(f"--set {k}" for k in sets)
+def set_names(sets: Sequence[str]) -> str:
+    """The `--set` keys as an error names them: '--set a, --set b'."""
+    return ", ".join(f"--set {k}" for k in sets)
+
+
+def check_sets(merged: Mapping[str, Any], sets: Sequence[str]) -> RunConfig:
+    """The config of a base with `--set` keys `sets` merged in. Raises SpecError naming the
+    `--set` key, also where the rule it breaks names a key that came from the spec's base."""
     try:
-        build_config(merged)
+        return build_config(merged)
     except ConfigError as exc:
-        raise SpecError(f"--set {exc}" if error_key(exc) in sets else f"{named}: {exc}") from None
-    return named
+        raise SpecError(f"--set {exc}" if error_key(exc) in sets
+                        else f"{set_names(sets)}: {exc}") from None
 
 
 def factor_levels(factors: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:

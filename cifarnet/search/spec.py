@@ -23,6 +23,7 @@ from cifarnet.ablation.spec import (
     factor_levels,
     parse_header,
     resolve_spec_path,
+    set_names,
 )
 from cifarnet.config.schema import (
     RunConfig,
@@ -106,16 +107,15 @@ class SearchSpec:
         return build_config(self.base)
 
     def with_base(self, overrides: Mapping[str, Any]) -> "SearchSpec":
+        sets = list(flatten_mapping(overrides))
         merged = {**self.base, **flatten_mapping(overrides)}
-        for key in flatten_mapping(overrides):
+        for key in sets:
             if key in {p.key for p in self.space}:
                 raise SpecError(f"--set {key}: is searched over; it cannot be fixed")
-        spec = SearchSpec(self.name, self.description, merged, self.space, self.objectives,
+        _check_val_size(check_sets(merged, sets), "--set ")
+        _refuse_extremes(merged, self.space, f"{set_names(sets)}: space.")
+        return SearchSpec(self.name, self.description, merged, self.space, self.objectives,
                           self.n_trials, self.sampler, self.pruner)
-        sets = check_sets(merged, list(flatten_mapping(overrides)))
-        _check_base(spec.base, "--set ")
-        _refuse_extremes(merged, self.space, f"{sets}: space.")
-        return spec
 
 
 def load_search_spec(path: str | Path) -> SearchSpec:
@@ -128,6 +128,10 @@ def _check_base(base: Mapping[str, Any], where: str) -> RunConfig:
         cfg = build_config(base, where=where)
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
+    return _check_val_size(cfg, where)
+
+
+def _check_val_size(cfg: RunConfig, where: str) -> RunConfig:
     if cfg.data.val_size <= 0:
         raise SpecError(f"{where}data.val_size: trials tune on a validation split carved from "
                         "the training set; set it > 0 (e.g. 5000)")
