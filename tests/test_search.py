@@ -16,6 +16,7 @@ from helpers import EXE, REPO, search_spec, study_of, trial_runs, write
 from cifarnet.ablation.spec import SpecError
 from cifarnet.cli.main import main
 from cifarnet.search.spec import load_search_spec, parse_search_spec
+from cifarnet.search.study import report_epoch
 
 
 @pytest.mark.parametrize(("change", "key"), [
@@ -120,6 +121,33 @@ def test_pruner_stops_trials(tiny_tree, tmp_path, monkeypatch) -> None:
     trials, _ = trial_runs(tmp_path)
     assert set(trials["tags.optuna.state"]) == {"PRUNED"}
     assert set(trials["tags.cifarnet.status"]) == {"pruned"}
+
+
+def test_a_trial_that_trained_all_its_epochs_is_not_pruned(tiny_tree, tmp_path,
+                                                           monkeypatch) -> None:
+    """Stopping after the last epoch saves nothing and threw a finished trial's value away
+    (a median pruner pruned 8-epoch trials at epoch 8 on real data): with 1 epoch, a pruner
+    that prunes every report leaves both trials COMPLETE, their epoch reported."""
+    monkeypatch.chdir(tmp_path)
+    spec = search_spec(tiny_tree, tmp_path, n_trials=2,
+                       pruner={"type": "threshold", "lower": 1.1})
+    r = CliRunner().invoke(main, ["search", str(write(tmp_path, spec)), "--no-final"])
+    assert r.exit_code == 0, r.output
+    study = study_of(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all(list(t.intermediate_values) == [1] and t.value == t.intermediate_values[1]
+               for t in study.trials)
+
+
+def test_a_replayed_history_is_pruned_as_the_training_would_be() -> None:
+    """The reuse path replays a copied trial's epochs through the same rule
+    (`report_epoch`): pruned at an earlier epoch, never after the last."""
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.ThresholdPruner(lower=1.1))
+    trial = study.ask()
+    assert report_epoch(trial, 0.5, 1, last=False) is True
+    assert report_epoch(trial, 0.6, 2, last=True) is False
+    assert study.trials[0].intermediate_values == {1: 0.5, 2: 0.6}
 
 
 def test_diverging_trials_fail_and_the_search_goes_on(tiny_tree, tmp_path, monkeypatch):

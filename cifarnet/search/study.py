@@ -75,19 +75,31 @@ class TrialFailed(Exception):
 
 
 class OptunaPruning(Callback):
-    """Reports the objective each epoch; stops the run when the pruner says so."""
+    """Reports the objective each epoch; stops the run when the pruner says so, except after
+    its last epoch (`report_epoch`)."""
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial, self.metric = trial, metric
 
     def on_epoch_end(self, ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
         try:
-            self.trial.report(metrics[self.metric], epoch)
+            prune = report_epoch(self.trial, metrics[self.metric], epoch,
+                                 last=epoch >= ctx.config.train.epochs)
         except UpdateFinishedTrialError:  # another worker failed it as stale, and retries it
             raise StopTraining(RunStatus.STALE, f"trial {self.trial.number} was ended by "
                                "another worker (late heartbeats); it runs again as a retry")
-        if self.trial.should_prune():
+        if prune:
             raise StopTraining("pruned", f"pruned after epoch {epoch}")
+
+
+def report_epoch(trial: optuna.Trial, value: float, epoch: int, *, last: bool) -> bool:
+    """Report `value` (the objective after `epoch`, 1-based) to the trial; return whether the
+    pruner stops it there. Never after the `last` epoch: stopping then saves nothing and
+    would throw away a finished trial's value (before: a median pruner pruned 8-epoch
+    trials at epoch 8 on real data). Raises UpdateFinishedTrialError when another worker
+    already ended the trial."""
+    trial.report(value, epoch)
+    return not last and trial.should_prune()
 
 
 def make_sampler(cfg: dict[str, Any], salt: tuple[int, ...] = ()) -> optuna.samplers.BaseSampler:
@@ -466,9 +478,8 @@ class _Objective:
             history = sorted(self.client.get_metric_history(source.info.run_id, metric),
                              key=lambda m: m.step)
             state, value = "COMPLETE", history[-1].value if history else math.nan
-            for m in history:
-                trial.report(m.value, m.step)
-                if trial.should_prune():
+            for i, m in enumerate(history):
+                if report_epoch(trial, m.value, m.step, last=i == len(history) - 1):
                     state, value = "PRUNED", m.value
                     break
             self.client.set_tag(run.run_id, TAG_OPTUNA_STATE, state)
