@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from cifarnet.errors import UserError
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -52,9 +54,28 @@ class Workspace:
         """True when MLflow's store is the embedded SQLite file under `local_root`."""
         return self.tracking_uri == f"sqlite:///{self.local_root / 'mlflow.db'}"
 
+    @property
+    def tracking_key(self) -> str:
+        """What an error about the tracking store names as its key: the embedded store's
+        folder `mlruns/`, else `MLFLOW_TRACKING_URI`, the variable that chose another store
+        (naming the variable when it was never set misled the reader)."""
+        return "mlruns/" if self.local_tracking else "MLFLOW_TRACKING_URI"
+
     def artifact_location(self, experiment: str) -> str | None:
         """Where a new experiment keeps its artifacts: under `mlruns/artifacts/<name>` for the
         embedded store; None (the server decides) for any other store."""
         if not self.local_tracking:
             return None
         return (self.local_root / "artifacts" / experiment).as_uri()
+
+
+def make_folder(path: Path, key: str) -> Path:
+    """Create the output folder `path` (and its parents) if missing; return it. Raises
+    UserError naming `key` (the option or config key that chose it) when it cannot be made
+    (a file in the way, no permission): before, a traceback and exit 1."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{key}: cannot create the folder {path}: "
+                        f"{exc.strerror or exc}") from None
+    return path

@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from helpers import children, runs_df, write_spec
+from helpers import children, runs_df, search_spec, write, write_spec
 
 from cifarnet.ablation.adaptive import next_jobs, run_until_decided
 from cifarnet.ablation.spec import parse_spec
@@ -126,3 +126,32 @@ def test_run_until_decided_keeps_adding_seeds() -> None:
     assert final.verdicts[0].comparison.verdict == "supported"
     assert final.verdicts[0].verdict_anytime == "supported"
     assert not math.isnan(final.verdicts[0].comparison.mean)
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(ran_grid, tiny_tree, tmp_path,
+                                                          monkeypatch) -> None:
+    """A file where an output folder goes: `report --out`, `train --run-dir`, and
+    `train.out_dir` of `train`, `run` and `search` gave a traceback and exit 1 (`run` after
+    opening the stores). One line naming the key, exit 2, no store made."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    data = ["--data", str(tiny_tree), "--set", "train.epochs=1"]
+    spec = write_spec(tmp_path, tiny_tree)
+    search = write(tmp_path, search_spec(tiny_tree, tmp_path))
+    cases = [(["train", *data, "--run-dir", "afile/run"], "--run-dir", "afile/run"),
+             (["train", *data, "--set", "train.out_dir=afile/runs"], "train.out_dir",
+              "afile/runs/"),
+             (["run", str(spec), "--set", "train.out_dir=afile/runs"], "train.out_dir",
+              "afile/runs"),
+             (["search", str(search), "--set", "train.out_dir=afile/runs"], "train.out_dir",
+              "afile/runs")]
+    for args, key, path in cases:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith(f"error: {key}: cannot create the folder {path}"), r.output
+        assert r.output.strip().endswith("Not a directory") and r.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "search.yaml", "tiny.yaml"]
+    monkeypatch.chdir(ran_grid)
+    r = CliRunner().invoke(main, ["report", "tiny", "--out", str(tmp_path / "afile" / "rep")])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --out: cannot create the folder")
+    assert r.stderr.count("\n") == 1

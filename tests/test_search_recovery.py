@@ -64,3 +64,31 @@ def test_interrupted_search_is_finished_by_the_rerun(tmp_path_factory, tmp_path,
     assert first["status"].item() == ("KILLED" if sig == signal.SIGTERM else "FAILED")
     assert len(df[df["tags.cifarnet.role"] == "final"]) == 1
     assert "held-out test" in out
+
+
+def test_a_held_out_test_killed_mid_training_does_not_stay_running(tiny_tree, tmp_path,
+                                                                    monkeypatch) -> None:
+    """kill -9 during the final retraining left its run RUNNING for good: reruns made a new
+    final run and never ended the old one. The process that makes the test ends it FAILED
+    (stale), as a grid worker ends the runs of a job it claimed."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from cifarnet.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=2))
+    r = CliRunner().invoke(main, ["search", str(spec), "--no-final"])
+    assert r.exit_code == 0, r.output
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    parent = study_of(tmp_path).user_attrs["mlflow_parent_run_id"]
+    experiment = client.get_run(parent).info.experiment_id
+    dead = client.create_run(experiment, tags={"cifarnet.role": "final",
+                                               "mlflow.parentRunId": parent}).info.run_id
+    r = CliRunner().invoke(main, ["search", str(spec)])  # the study is complete: the test
+    assert r.exit_code == 0, r.output
+    _, df = trial_runs(tmp_path)
+    finals = df[df["tags.cifarnet.role"] == "final"].set_index("run_id")
+    assert finals.loc[dead, "status"] == "FAILED"
+    assert finals.loc[dead, "tags.cifarnet.status"] == "stale"
+    assert sorted(finals["status"]) == ["FAILED", "FINISHED"]

@@ -172,7 +172,7 @@ def test_a_copied_or_moved_store_is_refused_until_relocated(tiny_tree, tmp_path,
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 2, (args, r.output)
         assert r.output.strip() == (
-            f"error: MLFLOW_TRACKING_URI: this mlruns/ store was copied or moved from "
+            f"error: mlruns/: this store was copied or moved from "
             f"{first / 'mlruns'} (experiment 'tiny' keeps its artifacts there, where new "
             "checkpoints and reports would go); run `cifarnet-exp relocate-store` in this "
             "folder first")
@@ -202,9 +202,16 @@ def test_relocate_store_where_there_is_none_creates_nothing(tmp_path, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     r = CliRunner().invoke(main, ["relocate-store"])
     assert r.exit_code == 2
-    assert r.output == (f"error: MLFLOW_TRACKING_URI: no tracking store at sqlite:///"
+    assert r.output == (f"error: mlruns/: no tracking store at sqlite:///"
                         f"{tmp_path / 'mlruns' / 'mlflow.db'}; run relocate-store in the folder "
                         "the store was copied or moved to (the one holding mlruns/)\n")
+    assert list(tmp_path.iterdir()) == []
+    # the variable is the key only where it chose the store (it was named when never set)
+    other = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    r = CliRunner().invoke(main, ["relocate-store"])
+    assert r.exit_code == 2
+    assert r.output.startswith(f"error: MLFLOW_TRACKING_URI: no tracking store at sqlite:///{other}")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -224,3 +231,18 @@ def test_a_store_of_the_wrong_shape_is_one_line(tmp_path, monkeypatch, shape, co
     r = CliRunner().invoke(main, command)
     assert r.exit_code == 2, r.output
     assert len(r.output.strip().splitlines()) == 1 and want in r.output
+
+
+@pytest.mark.parametrize("args", [["report", "tiny"], ["results"], ["search-report", "tiny"],
+                                  ["relocate-store"]], ids=lambda a: a[0])
+def test_read_only_commands_create_no_store_at_a_sqlite_uri(tmp_path, monkeypatch, args) -> None:
+    """With MLFLOW_TRACKING_URI naming a SQLite file that does not exist, `report` created
+    the file (and its lock) before it said the experiment was missing, and `results` then
+    found a store there and wrote a page of "not run yet"."""
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "none.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+    assert list(tmp_path.iterdir()) == []

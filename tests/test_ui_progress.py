@@ -172,3 +172,28 @@ def test_only_a_whole_finished_run_sets_the_grids_run_length(status, start_epoch
     bar.on_run_end(ctx, SimpleNamespace(status=status, final={}))
     grid.close()
     assert (len(grid.run_seconds) == 1) == counted
+
+
+@pytest.mark.parametrize("width", [80, 130])
+def test_a_narrow_terminal_keeps_every_bars_count_and_eta(width) -> None:
+    """At 80 columns the grid's `0/12` and its ETA were lost and the ETA wrapped onto a line
+    of its own; on a terminal the label and the status are what gets cut short now."""
+    import io
+
+    from rich.console import Console
+
+    from cifarnet.cli.progress import _new_progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, force_terminal=True, color_system=None)
+    progress = _new_progress(console)
+    progress.add_task("grid", total=12, status="running 1  waiting 11  failed 0", eta=252000.0)
+    progress.add_task("model.dilation=2 model.residual_add=true seed=0", total=30,
+                      status="epoch 3/30  batch 120/196  loss 1.234  test_acc 0.5123  850 img/s",
+                      eta=3600.0)
+    console.print(progress.get_renderable())
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert "0/12" in lines[0] and lines[0].rstrip().endswith("ETA 70:00:00")
+    assert "0/30" in lines[1] and lines[1].rstrip().endswith("ETA 1:00:00")
+    assert all(len(line) <= width for line in lines)

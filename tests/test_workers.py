@@ -189,3 +189,34 @@ def test_the_supervisor_sleeps_while_its_workers_stop(monkeypatch) -> None:
     t.join(30)
     assert time.monotonic() - wall >= 1.9
     assert cpu["s"] < 0.5, f"the supervisor used {cpu['s']:.2f} s of CPU in 2 s of waiting"
+
+
+@pytest.mark.parametrize("command", ["run", "search"])
+def test_a_signal_after_every_worker_finished_still_stops_the_supervisor(
+        tiny_tree, tmp_path, monkeypatch, command) -> None:
+    """Two Ctrl-Cs that came while the workers were ending were ignored: their exit codes
+    were all 0, so `run --workers 2` went on printing verdicts for 15 s and exited 0 (and
+    `search` would have started its held-out test, a whole training). A signal stops the
+    command: one line, 128 + the signal."""
+    from click.testing import CliRunner
+
+    from cifarnet.cli import workers as workers_mod
+    from cifarnet.cli.main import main
+    from cifarnet.cli.workers import Supervision, WorkerState
+
+    def finished_then_signalled(argv, workers, request, *args, **kwargs) -> Supervision:
+        request.signum = signal.SIGINT
+        request.event.set()  # the signal came as the workers ended, each with 0
+        return Supervision([0] * workers, [WorkerState() for _ in range(workers)])
+
+    monkeypatch.setattr(workers_mod, "supervise", finished_then_signalled)
+    monkeypatch.chdir(tmp_path)
+    spec = (write_spec(tmp_path, tiny_tree) if command == "run"
+            else write(tmp_path, search_spec(tiny_tree, tmp_path)))
+    r = CliRunner().invoke(main, [command, str(spec), "--workers", "2"])
+    assert r.exit_code == 130, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line == ("interrupted: every run had finished before the signal; "
+                    "`cifarnet-exp report tiny` shows the verdicts" if command == "run" else
+                    "interrupted: every worker had finished before the signal; rerun to "
+                    "continue (the held-out test of a complete study)"), r.output

@@ -14,6 +14,7 @@ import click
 
 from cifarnet import __version__
 from cifarnet.errors import UserError, one_line
+from cifarnet.workspace import make_folder
 
 SET_HELP = "Override a config key, e.g. --set model.dilation=1 (repeatable)."
 MAX_WORKERS = 64  # local worker processes (each holds a model, its data and a display bar)
@@ -158,7 +159,8 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
     if data_path is not None:
         cfg = cfg.replace({"data.path": data_path})
     console = Console(stderr=True)
-    folder = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    folder = make_folder(Path(run_dir) if run_dir is not None else default_run_dir(cfg),
+                         "--run-dir" if run_dir is not None else "train.out_dir")
     if resume:
         point = resume_point(folder, cfg.hash(), cfg.train.epochs)
         click.echo(point.message(), err=True)
@@ -256,12 +258,16 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
             click.echo(line)
         click.echo("nothing was written (dry run)")
         return
+    for out_dir in sorted({str(j.config.train.out_dir) for j in jobs}):  # before any store
+        make_folder(Path(out_dir), "train.out_dir")
     data = preload_data((j.config.data for j in jobs),
                         None if as_worker else DecodeProgress().update)
-    # the prediction --dry-run prints, made once the stores are open and recorded on a new
-    # grid's parent run (with workers: by the supervisor)
+    # the prediction --dry-run prints, made once the stores are open, shown, and recorded on
+    # a new grid's parent run (with workers: by the supervisor; a worker makes none)
     def estimate():
-        return _grid_estimate(spec, jobs, data, workers, workspace, reuse=not no_reuse)
+        found = _grid_estimate(spec, jobs, data, workers, workspace, reuse=not no_reuse)
+        click.echo(found.line())
+        return found
     if workers > 1:  # the cache is filled: the workers read it
         argv = ["run", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
                 str(heartbeat), "--grace", str(grace), "--max-seeds", str(max_seeds),
@@ -364,9 +370,11 @@ def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
                            cuda_devices=_cuda_devices(spec))
     display.close()
     codes = result.codes
-    if request.event.is_set() and any(c != 0 for c in codes):  # not when all had finished
+    if request.event.is_set():  # a signal, also one that came after every run had ended
         interrupted(request, f"{workers} workers stopped (a run in progress ends KILLED); "
-                             "rerun to continue")
+                             "rerun to continue" if any(c != 0 for c in codes) else
+                             "every run had finished before the signal; `cifarnet-exp report "
+                             f"{spec.name}` shows the verdicts")
     if 2 in codes:  # bad input: every worker said the same line
         sys.exit(2)
     parent = result.parent_run_id
@@ -583,7 +591,8 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
     grid = find_parent_run(target, workspace, grid=grid_id)
     click.echo(grid.identity_line())
     analysis = analyze_grid(grid, with_predictions=True)
-    out = Path(out_dir) if out_dir else workspace.reports_dir / grid.experiment
+    out = make_folder(Path(out_dir) if out_dir else workspace.reports_dir / grid.experiment,
+                      "--out")
     files = write_report(analysis, out, formats or FORMATS)
     log_report(grid, files)
     table_console().print(verdict_table(analysis))
@@ -597,9 +606,11 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
                    "(looked up like a spec: here, under experiments/, or the shipped one).")
 @click.option("--out", "out_file", type=click.Path(), default="RESULTS.md", show_default=True,
               help="The page to write; its plots go to results/ beside it.")
+@click.option("--force", is_flag=True,
+              help="Replace a page that answers from other runs (refused otherwise).")
 @user_errors
 @stops_at_once("the results page was stopped before it was complete; run it again")
-def results_cmd(claims_path: str, out_file: str) -> None:
+def results_cmd(claims_path: str, out_file: str, force: bool) -> None:
     """RESULTS.md: each claim of the seed write-up answered from the tracking store (the
     newest grid of its spec), with the author's conclusion beside the verdict."""
     import shlex
@@ -613,6 +624,7 @@ def results_cmd(claims_path: str, out_file: str) -> None:
     from cifarnet.analysis.report import analyze_grid
     from cifarnet.analysis.results import (
         check_claims,
+        check_replace,
         claims_file,
         analyses_for,
         load_claims,
@@ -626,7 +638,7 @@ def results_cmd(claims_path: str, out_file: str) -> None:
     workspace = click.get_current_context().obj
     claims = load_claims(claims_file(claims_path))
     if not store_exists(workspace):  # else every claim would read "not run yet", silently
-        raise UserError(f"MLFLOW_TRACKING_URI: no tracking store at "
+        raise UserError(f"{workspace.tracking_key}: no tracking store at "
                         f"{masked(workspace.tracking_uri)}; run the claims' specs first, or "
                         "run results in the folder whose mlruns/ holds their runs (this "
                         "project's: results/store)")
@@ -644,6 +656,8 @@ def results_cmd(claims_path: str, out_file: str) -> None:
     out = Path(out_file)
     if out.is_dir():
         raise UserError(f"--out: {out} is a folder; give the page's file name")
+    if not force:
+        check_replace(out, analyses)
     with tempfile.TemporaryDirectory(prefix="cifarnet-results-") as tmp:
         plots = {name: spec_plots(a, Path(tmp) / a.spec.name)
                  for name, a in analyses.items() if a is not None}
@@ -706,6 +720,7 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
         spec = spec.with_base(parse_assignments(assignments))
     if n_trials is not None and n_trials > MAX_RUNS:
         raise UserError(f"--n-trials: at most {MAX_RUNS:,}, got {n_trials:,}")
+    make_folder(Path(spec.base_config().train.out_dir), "train.out_dir")  # before any store
     data = load_data(spec.base_config().data, None if as_worker else DecodeProgress().update)
     if workers > 1:  # the cache is filled: the workers read it
         argv = ["search", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
@@ -772,9 +787,12 @@ def _supervise_search(spec: Any, argv: list[str], workers: int, workspace: Any,
                            display.error, cuda_devices=_cuda_devices(spec))
     display.close()
     codes = result.codes
-    if request.event.is_set() and any(c != 0 for c in codes):
+    if request.event.is_set():  # a signal, also one that came after every trial had ended:
+        # the held-out test would have started anyway (a whole training)
         interrupted(request, f"{workers} workers stopped (a trial in progress ends KILLED); "
-                             "rerun to continue the same study")
+                             "rerun to continue the same study" if any(c != 0 for c in codes)
+                    else "every worker had finished before the signal; rerun to continue "
+                         "(the held-out test of a complete study)")
     if 2 in codes:  # bad input: every worker said the same line
         sys.exit(2)
     if any(codes):
@@ -822,7 +840,8 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
                         "it by its name instead of the edited spec file")
     click.echo(f"{study.study_name}: spec identity {stored[:12] or '(unrecorded)'}, "
                f"{len(study.trials)} trial(s), storage {masked(url)}")
-    out = Path(out_dir) if out_dir else workspace.reports_dir / study.study_name
+    out = make_folder(Path(out_dir) if out_dir else workspace.reports_dir / study.study_name,
+                      "--out")
     files = write_plots(study, out)
     text = markdown(study, url)
     (out / "search.md").write_text(text)
@@ -847,7 +866,7 @@ def relocate_store_cmd() -> None:
 
     workspace = click.get_current_context().obj
     if not store_exists(workspace):  # opening it would create one
-        raise UserError(f"MLFLOW_TRACKING_URI: no tracking store at "
+        raise UserError(f"{workspace.tracking_key}: no tracking store at "
                         f"{masked(workspace.tracking_uri)}; run relocate-store in the folder "
                         "the store was copied or moved to (the one holding mlruns/)")
     done = relocate(workspace)

@@ -24,7 +24,7 @@ from rich.progress import (
     ProgressColumn,
     TextColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from cifarnet.training.callbacks import Callback, RunContext, RunResult
@@ -121,9 +121,26 @@ class EtaColumn(ProgressColumn):
 
 
 def _new_progress(console: Console, transient: bool = False) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), EtaColumn(), console=console,
-                    transient=transient)
+    """One line a task on a terminal: on a narrow one the label and the status are cut short
+    (with an ellipsis), never the count nor the ETA (at 80 columns both were lost, the ETA
+    wrapped onto a line of its own). Written to a file or a pipe (a log), nothing is cut:
+    long lines wrap."""
+    if not console.is_terminal:
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[status]}"), EtaColumn(),
+                        console=console, transient=transient)
+    return Progress(
+        TextColumn("[bold]{task.description}",
+                   table_column=Column(no_wrap=True, overflow="ellipsis",
+                                       max_width=max(12, console.width // 5))),
+        BarColumn(bar_width=40 if console.width >= 140 else 10),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[status]}",
+                   table_column=Column(no_wrap=True, overflow="ellipsis",
+                                       max_width=max(12, console.width
+                                                     - max(12, console.width // 5) - 36))),
+        EtaColumn(table_column=Column(no_wrap=True, min_width=len("ETA 0:00:00"))),
+        console=console, transient=transient)
 
 
 def run_status(ctx: RunContext, epoch: int, step: int, loss: float, clock: RunClock,

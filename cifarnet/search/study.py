@@ -38,7 +38,7 @@ from cifarnet.queue.jobs import (
 from cifarnet.queue.retry import retry_setup
 from cifarnet.search.spec import SearchSpec
 from cifarnet.tracking.reuse import copy_run, find_trial_source
-from cifarnet.tracking.runs import fail_stale_run, tracked_run
+from cifarnet.tracking.runs import all_runs, fail_stale_run, tracked_run
 from cifarnet.tracking.startup import check_tracking_store
 from cifarnet.tracking.store import (
     SEARCH_ROLES,
@@ -543,6 +543,12 @@ def _final_test(spec: SearchSpec, base: RunConfig, data: Dataset, study: optuna.
         return done
     cfg = base.replace({**best.params, **final_data(base)})
     full = load_data(cfg.data)
+    # a held-out test left RUNNING by a process that died (kill -9) stayed RUNNING for good:
+    # this process owns the test now, as a grid's worker owns a job it claimed
+    for r in all_runs(client, experiment_id, f"tags.`{TAG_ROLE}` = '{Role.FINAL}' and "
+                      f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = "
+                      "'RUNNING'"):
+        fail_stale_run(client, r.info.run_id)
     tags = {TAG_ROLE: Role.FINAL, TAG_SPEC: spec.name, TAG_OPTUNA_TRIAL_NUMBER: str(best.number)}
     with tracked_run(client, experiment_id, f"final: best trial {best.number}", tags,
                      parent_run_id=parent) as run:

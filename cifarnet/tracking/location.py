@@ -61,7 +61,7 @@ def check_location(client: Any, workspace: Workspace) -> None:
     roots = foreign_roots(client, workspace)
     if roots:
         old, names = next(iter(roots.items()))
-        raise UserError(f"MLFLOW_TRACKING_URI: this mlruns/ store was copied or moved from "
+        raise UserError(f"{workspace.tracking_key}: this store was copied or moved from "
                         f"{old} (experiment {names[0]!r} keeps its artifacts there, where new "
                         "checkpoints and reports would go); run `cifarnet-exp relocate-store` "
                         "in this folder first")

@@ -90,10 +90,14 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     workspace = workspace or Workspace.resolve()
     if workspace.local_tracking:
         check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
-    if workspace.local_tracking and not store_exists(workspace):
+    if not store_exists(workspace):  # opening it would create it
+        if workspace.local_tracking:
+            raise UserError(f"{spec_or_experiment}: no experiment of that name (no store at "
+                            f"{workspace.local_root}; run a grid first, or set "
+                            "MLFLOW_TRACKING_URI)")
         raise UserError(f"{spec_or_experiment}: no experiment of that name (no store at "
-                        f"{workspace.local_root}; run a grid first, or set "
-                        "MLFLOW_TRACKING_URI)")  # opening it would create it
+                        f"{masked(workspace.tracking_uri)}, MLFLOW_TRACKING_URI; run a grid "
+                        "there first)")
     client = setup_mlflow(workspace)
     name = spec_or_experiment
     try:

@@ -16,6 +16,7 @@ from cifarnet.errors import UserError
 from cifarnet.model.summary import Summary, format_table, summarize
 from cifarnet.tracking.keys import CLASS_NAMES_ARTIFACT, class_metric_keys
 from cifarnet.tracking.location import check_location
+from cifarnet.tracking.urls import sqlite_path
 from cifarnet.tracking.tags import (  # noqa: F401
     TAG_CELL,
     TAG_GRID,
@@ -59,12 +60,16 @@ def setup_mlflow(workspace: Workspace) -> Any:
 
 def store_exists(workspace: Workspace) -> bool:
     """Whether the workspace's MLflow store has been created (an embedded SQLite file, or a
-    database URL whose `experiments` table exists); a server (http) is taken as existing."""
+    database URL whose `experiments` table exists); a server (http) is taken as existing.
+    Creates nothing: opening a SQLite URL whose file is missing created an empty one."""
     if workspace.local_tracking:
         return (workspace.local_root / "mlflow.db").exists()
     uri = workspace.tracking_uri
     if uri.startswith(("http://", "https://", "databricks")):
         return True
+    path = sqlite_path(uri)
+    if path is not None and not Path(path).is_file():
+        return False
     import sqlalchemy as sa
 
     try:
