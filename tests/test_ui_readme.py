@@ -45,3 +45,14 @@ def test_the_documented_ui_address_is_the_one_the_code_prints() -> None:
     url = shared_view_url("http://127.0.0.1:5000", "1")
     assert f"`{url}`" in README
     assert "(docs/mlflow_runs.png)" in README and (ROOT / "docs" / "mlflow_runs.png").is_file()
+
+
+def test_the_commands_table_lists_every_command() -> None:
+    """`results` was missing from the README's table of commands (a new user found it only
+    in its own section)."""
+    from cifarnet.cli.main import main
+
+    table = README.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    for name, command in main.commands.items():
+        if not command.hidden:
+            assert f"| `cifarnet-exp {name}" in table, name
