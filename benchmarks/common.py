@@ -35,16 +35,17 @@ def command_line() -> str:
     return f"{env} {argv}".strip()
 
 
-def interval_text(values: list[float]) -> str:
-    """The 95% Student t interval of the mean of `values` as `[+a, +b]`, by the project's own
-    rule (`cifarnet.analysis.stats.t_interval`); `n/a` without a spread estimate (one value,
-    or all equal)."""
+def interval_text(values: list[float], digits: int = 4) -> str:
+    """The 95% Student t interval of the mean of `values` as `[+a, +b]` (`digits` decimals),
+    by the project's own rule (`cifarnet.analysis.stats.t_interval`); `n/a` without a spread
+    estimate (one value, or all equal)."""
     import math
 
     from cifarnet.analysis.stats import t_interval
 
     lo, hi = t_interval(values)
-    return f"[{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) and math.isfinite(hi) else "n/a"
+    return (f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if math.isfinite(lo) and math.isfinite(hi)
+            else "n/a")
 
 
 def append_benchmark(title: str, lines: list[str], path: Path = BENCHMARKS_MD) -> None:

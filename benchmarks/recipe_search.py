@@ -121,13 +121,14 @@ def main() -> None:
         "|---:|---:|---:|---:|",
         *[f"| {s} | {acc['default', s]:.4f} | {acc['best', s]:.4f} | {d:+.2f} |"
           for s, d in zip(args.seeds, diffs)],
+        "",
         *([f"The final run and the best arm of seed {full.train.seed} are the same config "
             f"(test_acc {final['test_acc']:.4f} and {acc['best', full.train.seed]:.4f}: "
             f"{'equal' if final['test_acc'] == acc['best', full.train.seed] else 'not equal'})."]
           if full.train.seed in args.seeds else []),
         "",
         f"Mean paired difference {mean_diff:+.2f} points, 95% t interval "
-        f"{interval_text(diffs)} over {len(diffs)} seed(s).",
+        f"{interval_text(diffs, digits=2)} over {len(diffs)} seed(s).",
     ]
     print("\n".join(lines))
     if not args.no_write:

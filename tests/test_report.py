@@ -71,6 +71,9 @@ def test_report_of_unknown_experiment_exits_2(ran_grid, monkeypatch) -> None:
     monkeypatch.chdir(ran_grid)
     r = CliRunner().invoke(main, ["report", "no_such_experiment"])
     assert r.exit_code == 2 and "no_such_experiment" in r.stderr
+    # an empty --grid is the prefix of every id: it reported the newest grid as if chosen
+    r = CliRunner().invoke(main, ["report", "tiny", "--grid", ""])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --grid: empty;"), r.output
 
 
 SPEC = parse_spec({

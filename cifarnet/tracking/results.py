@@ -88,6 +88,9 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     from cifarnet.tracking.startup import check_sqlite_shape
 
     workspace = workspace or Workspace.resolve()
+    if grid is not None and not grid.strip():  # '' is a prefix of every id: it chose the newest
+        raise UserError("--grid: empty; give the first characters of a grid id (`report` "
+                        "lists them when the experiment holds several)")
     if workspace.local_tracking:
         check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
     if not store_exists(workspace):  # opening it would create it
