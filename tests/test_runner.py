@@ -154,7 +154,7 @@ def test_sigterm_ends_the_run_killed(slow_tree, tmp_path) -> None:
     proc = _start(spec, tmp_path)
     # a child is running with at least one whole epoch to go: the signal meets a batch
     signal_when(proc, lambda: "RUNNING" in _child_statuses(tmp_path)
-                and running_epochs(tmp_path) < 2, signal.SIGTERM)
+                and (running_epochs(tmp_path) or 0) < 2, signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out  # 143
     assert "KILLED" in _child_statuses(tmp_path)
