@@ -199,15 +199,16 @@ class AblationSpec:
         """A copy with `--set` overrides merged into the base (validated, in every cell and,
         with a `tune:` block, at every extreme of its space). Raises SpecError naming the
         `--set` key, also where the rule it breaks names a key of the spec's base."""
+        sets = list(flatten_mapping(overrides))
         merged = {**self.base, **flatten_mapping(overrides)}
-        check_sets(merged, list(flatten_mapping(overrides)))
-        named_sets = set_names(list(flatten_mapping(overrides)))
+        check_sets(merged, sets)
+        named_sets = set_names(sets)
         _check_cells(merged, self.factors, f"{named_sets}: ")
         if self.tune is not None:
             from cifarnet.search.spec import check_tune_extremes
 
             check_tune_extremes(self.tune, merged, self.factors, f"{named_sets}: tune.space.")
-        for key in flatten_mapping(overrides):
+        for key in sets:
             if key in self.factors:
                 raise SpecError(f"--set {key}: is a factor of the spec; it cannot be fixed")
             if key == "train.seed":
@@ -223,8 +224,7 @@ class AblationSpec:
             try:
                 out.jobs([out.seeds[0]])
             except SpecError as exc:
-                keys = ", ".join(f"--set {k}" for k in flatten_mapping(overrides))
-                raise SpecError(f"{keys}: {exc}") from None
+                raise SpecError(f"{named_sets}: {exc}") from None
         return out
 
     def cell_of(self, side: Mapping[str, Any]) -> Cell:

@@ -94,13 +94,12 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     if workspace.local_tracking:
         check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
     if not store_exists(workspace):  # opening it would create it
-        if workspace.local_tracking:
-            raise UserError(f"{spec_or_experiment}: no experiment of that name (no store at "
-                            f"{workspace.local_root}; run a grid first, or set "
-                            "MLFLOW_TRACKING_URI)")
+        where, advice = ((workspace.local_root, "run a grid first, or set MLFLOW_TRACKING_URI")
+                         if workspace.local_tracking else
+                         (f"{masked(workspace.tracking_uri)}, MLFLOW_TRACKING_URI",
+                          "run a grid there first"))
         raise UserError(f"{spec_or_experiment}: no experiment of that name (no store at "
-                        f"{masked(workspace.tracking_uri)}, MLFLOW_TRACKING_URI; run a grid "
-                        "there first)")
+                        f"{where}; {advice})")
     client = setup_mlflow(workspace)
     name = spec_or_experiment
     try:

@@ -68,7 +68,7 @@ def store_exists(workspace: Workspace) -> bool:
     if uri.startswith(("http://", "https://", "databricks")):
         return True
     path = sqlite_path(uri)
-    if path is not None and not Path(path).is_file():
+    if path is not None and not path.is_file():
         return False
     import sqlalchemy as sa
 
