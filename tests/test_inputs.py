@@ -139,6 +139,31 @@ def test_max_seeds_and_n_trials_are_bounded(here) -> None:
             "--max-seeds: 4 cell(s) x 2501 seeds is more than the limit of 10,000")
 
 
+def test_an_option_that_would_be_ignored_is_refused(here, tiny_tree) -> None:
+    """Options read only beside another (or with something to act on) were silently ignored:
+    `--max-seeds` without `--until-decided` ran the spec's seeds; `--until-decided` on a spec
+    with no hypotheses ran its seeds and stopped; `train --data` beside `--set data.path=`
+    trained on one of the two without a word."""
+    spec = write(here, yaml.safe_dump(GRID))
+    refused(here, ["run", str(spec), "--max-seeds", "4"],
+            "--max-seeds: read only with --until-decided")
+    bare = write(here, yaml.safe_dump({k: v for k, v in GRID.items() if k != "hypotheses"}),
+                 "bare.yaml")
+    refused(here, ["run", str(bare), "--until-decided"],
+            "--until-decided: spec t declares no hypotheses")
+    refused(here, ["train", "--data", str(tiny_tree), "--set", f"data.path={tiny_tree}"],
+            "--data: data.path is also given by --set")
+    # the valid forms are not refused, and a spec without hypotheses says it gives no verdict
+    r = CliRunner().invoke(main, ["run", str(spec), "--until-decided", "--max-seeds", "4",
+                                  "--dry-run", "--set", f"data.path={tiny_tree}"])
+    assert r.exit_code == 0 and "4 seeds detect" in r.output, r.output
+    r = CliRunner().invoke(main, ["run", str(bare), "--dry-run", "--set",
+                                  f"data.path={tiny_tree}"])
+    assert r.exit_code == 0, r.output
+    assert "note: spec t declares no hypotheses: its runs are tracked and reported, but no " \
+           "verdict is given" in r.output
+
+
 def test_error_lines_stay_one_line(here) -> None:
     refused(here, ["run", "no\nsuch.yaml"], "no\\nsuch.yaml: no such spec file")
 

@@ -28,13 +28,14 @@ from cifarnet.analysis.verdicts import analyze, hypotheses_table
 matplotlib.use("Agg")
 
 A, B = "lr=0.05", "lr=1e-06"
-SPEC = parse_spec({
+SPEC_RAW = {
     "name": "lr_check", "factors": {"train.lr": [0.05, 1e-6]}, "seeds": [0, 1, 2],
     "hypotheses": [
         {"id": "H1", "claim": "a larger lr learns more", "a": {"train.lr": 0.05},
          "b": {"train.lr": 1e-6}, "expect": "a > b", "rope": 0.01},
         {"id": "H2", "claim": "the lr does not matter [/]", "a": {"train.lr": 0.05},
-         "b": {"train.lr": 1e-6}, "expect": "a == b", "rope": 0.01}]})
+         "b": {"train.lr": 1e-6}, "expect": "a == b", "rope": 0.01}]}
+SPEC = parse_spec(SPEC_RAW)
 
 
 def binom_sf(k: int, n: int, p: float) -> float:
@@ -252,3 +253,42 @@ def test_one_run_has_no_spread_in_the_variants_table() -> None:
     assert v.loc[A, "final_acc_mean"] == pytest.approx(0.2)
     assert math.isnan(v.loc[A, "final_acc_std"])  # not 0.00: one run has no spread
     assert v.loc[B, "final_acc_std"] == pytest.approx(0.0141421, rel=1e-5)
+
+
+# --- seeds added by --until-decided: the verdict to read ----------------------------------
+
+def test_a_grid_with_seeds_added_reads_the_anytime_verdict(tmp_path) -> None:
+    """`--until-decided` adds seeds one at a time and stops at a verdict; the fixed-n
+    t-interval looked at after each seed overclaims, so such a grid's verdict is the
+    anytime-valid one. Here six seeds (0-2 listed, 3-5 added) give a fixed-n 'supported'
+    that the confidence sequence does not: every place that shows the verdict (the report's
+    row and CSV, the terminal table, RESULTS.md's claim section and summary, the plot's label)
+    said 'supported' and now says 'inconclusive'; the same values with all six seeds listed
+    in the spec keep the fixed-n verdict."""
+    from cifarnet.analysis.plots import plot_differences
+    from cifarnet.analysis.results import Claim, agreement, claim_section
+
+    diffs = [0.025, 0.005, 0.035, 0.010, 0.030, 0.015]
+    values = {A: {s: 0.60 + d for s, d in enumerate(diffs)}, B: dict.fromkeys(range(6), 0.60)}
+    an = analyze(SPEC, fake_runs(values))
+    v = an.verdicts[0]
+    assert v.comparison.verdict == Outcome.SUPPORTED  # the fixed-n interval alone
+    assert v.verdict_anytime == Outcome.INCONCLUSIVE
+    assert v.seeds_added == (3, 4, 5) and v.outcome == Outcome.INCONCLUSIVE
+    row = hypotheses_table(an).set_index("id").loc["H1"]
+    assert (row["verdict"], row["verdict_fixed_n"], row["seeds_added"]) == (
+        "inconclusive", "supported", "3 4 5")
+    assert math.isnan(row["seeds_needed"])  # a fixed-n figure, not offered here
+    text = dict((r[0], r[-1]) for r in hypotheses_rows(an)[1])["H1"]
+    assert text.startswith("inconclusive [anytime-valid: seeds 3 4 5 added by --until-decided; "
+                           "the fixed-n interval alone would say supported]"), text
+    assert agreement(v).startswith("undecided")
+    page = "\n".join(claim_section(Claim("1", "lr_check", "H1", "words"), an, [], {}))
+    assert "| **inconclusive** |" in page and "| **supported** |" not in page
+    assert "Seeds 3, 4, 5 were added one at a time by `--until-decided`" in page
+    assert "alone it would say supported." in page
+    fig_path = plot_differences(an, tmp_path / "d.png")
+    assert fig_path.stat().st_size > 0
+    listed = parse_spec({**SPEC_RAW, "seeds": list(range(6))})
+    fixed = analyze(listed, fake_runs(values)).verdicts[0]
+    assert fixed.seeds_added == () and fixed.outcome == Outcome.SUPPORTED

@@ -60,6 +60,29 @@ def test_two_workers_run_each_job_once_side_by_side(tiny_tree, tmp_path) -> None
 
 
 @pytest.mark.slow
+def test_workers_add_seeds_until_decided_and_a_bare_spec_says_it_has_no_verdict(
+        tiny_tree, tmp_path) -> None:
+    """`run --until-decided --max-seeds 3 --workers 2`: the workers are started with the
+    seed options (they once got `--max-seeds` alone), every cell stops at 3 seeds at most;
+    a spec without hypotheses ends with its one-line note instead of a verdict table."""
+    spec = write_spec(tmp_path, tiny_tree, epochs=1)  # 2 cells x seeds 0, 1
+    r = subprocess.run([EXE, "run", str(spec), "--workers", "2", "--until-decided",
+                        "--max-seeds", "3"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    kids = children(runs_df(tmp_path))
+    assert set(kids["status"]) == {"FINISHED"}
+    per_cell = kids.groupby("tags.cifarnet.cell")["params.train.seed"].nunique()
+    assert len(per_cell) == 2 and per_cell.between(2, 3).all(), per_cell
+    bare = write_spec(tmp_path, tiny_tree, name="bare", epochs=1,
+                      factors={"model.residual_add": [True, False]}, seeds=[0])
+    r = subprocess.run([EXE, "run", str(bare), "--workers", "2"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "note: spec bare declares no hypotheses" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "times"), [(signal.SIGTERM, 1), (signal.SIGINT, 1),
                                             (signal.SIGINT, 2), (signal.SIGTERM, 2)],
                          ids=["sigterm", "ctrl-c", "ctrl-c-twice", "sigterm-twice"])

@@ -79,9 +79,12 @@ def plot_curves(analysis: Analysis, path: Path) -> Path:
 
 
 def plot_differences(analysis: Analysis, path: Path) -> Path:
-    """Each hypothesis: its paired differences, the 95% interval, the rope and the verdict."""
+    """Each hypothesis: its paired differences, the 95% interval, the rope and the verdict
+    to read (`Verdict.outcome`; with seeds added by --until-decided also the anytime-valid
+    confidence sequence that verdict comes from, as a thin line)."""
     n = max(1, len(analysis.verdicts))
     fig, ax = plt.subplots(figsize=(8, 1.2 + 1.1 * n))
+    any_cs = False
     for i, v in enumerate(analysis.verdicts):
         c, scale = v.comparison, (100 if v.hypothesis.metric.endswith("_acc") else 1)
         y = n - 1 - i
@@ -92,15 +95,22 @@ def plot_differences(analysis: Analysis, path: Path) -> Path:
             jitter = np.linspace(-0.15, 0.15, len(c.differences))
             ax.scatter(np.array(c.differences) * scale, y + jitter, s=18, color="#37474f",
                        zorder=3, label="paired differences" if i == 0 else None)
+        colour = VERDICT_COLOURS[v.outcome]
         lo, hi = c.ci
         if np.isfinite(lo) and np.isfinite(hi):
-            ax.plot([lo * scale, hi * scale], [y, y], color=VERDICT_COLOURS[c.verdict], lw=4,
+            ax.plot([lo * scale, hi * scale], [y, y], color=colour, lw=4,
                     alpha=0.8, solid_capstyle="butt")
+        cs_lo, cs_hi = v.ci_anytime
+        if v.seeds_added and np.isfinite(cs_lo) and np.isfinite(cs_hi):  # its verdict's CS
+            ax.plot([cs_lo * scale, cs_hi * scale], [y - 0.25, y - 0.25], color=colour, lw=1.5,
+                    label="anytime 95% CS" if not any_cs else None)
+            any_cs = True
         if np.isfinite(c.mean):
-            ax.plot(c.mean * scale, y, "D", color=VERDICT_COLOURS[c.verdict], ms=8, zorder=4)
+            ax.plot(c.mean * scale, y, "D", color=colour, ms=8, zorder=4)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{v.hypothesis.id}: {v.hypothesis.expect}\n{v.comparison.verdict}"
+    ax.set_yticklabels([f"{v.hypothesis.id}: {v.hypothesis.expect}\n{v.outcome}"
+                        + (" (anytime)" if v.seeds_added else "")
                         + ("" if np.isfinite(v.comparison.ci).all() else " (no interval)")
                         for v in reversed(analysis.verdicts)] or [""], fontsize=8)
     ax.set_xlabel("a - b (accuracy points); bar = 95% CI, diamond = mean")

@@ -127,6 +127,9 @@ def _verdict_text(r: dict) -> str:
             verdict += f" [{'; '.join(stuck)}]"
     if not r["paired"]:
         verdict += " [unpaired, Welch]"
+    if r["seeds_added"]:
+        verdict += (f" [anytime-valid: seeds {r['seeds_added']} added by --until-decided; "
+                    f"the fixed-n interval alone would say {r['verdict_fixed_n']}]")
     return verdict
 
 
@@ -243,7 +246,8 @@ HOLM = ("With several hypotheses, the chance that at least one verdict is wrong 
         "spec, and 'verdict (Holm)' is what survives it.")
 ANYTIME = ("'verdict (anytime)' uses a 95% confidence sequence (Lai 1976; Howard et al. 2021) "
            "that holds at every number of seeds at once: it is the verdict to read when seeds "
-           "were added with --until-decided, whose stopping rule it is.")
+           "were added with --until-decided, whose stopping rule it is, and the 'verdict' "
+           "column then shows it (marked 'anytime-valid').")
 CHANCE = (f"A run 'did not learn' when its test accuracy is not above chance (1/classes) by an "
           f"exact one-sided binomial test over its test images at the {CHANCE_ALPHA:g} level; "
           "a hypothesis whose arms both did not learn gets no verdict.")

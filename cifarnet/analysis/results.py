@@ -94,20 +94,34 @@ def load_claims(path: Path) -> ClaimsFile:
 
 def agreement(v: Verdict) -> str:
     """Whether the evidence agrees with the claim as the spec states it (`expect`)."""
-    outcome = v.comparison.verdict
+    outcome = v.outcome
     if outcome == Outcome.SUPPORTED:
         return "agrees: the evidence supports the claim"
     if outcome == Outcome.REFUTED:
         return "disagrees: the evidence refutes the claim"
     if outcome == Outcome.INCONCLUSIVE:
         need = v.comparison.seeds_needed
-        more = f"; about {need} seeds would decide" if need and need > v.comparison.n else ""
+        more = (f"; about {need} seeds would decide" if need and need > v.comparison.n
+                and not v.seeds_added else "")
         return f"undecided: the interval spans the claim's boundary at this budget{more}"
     return f"no verdict ({v.why_no_verdict or v.comparison.note or 'the data cannot answer'})"
 
 
 def _num(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2f}"
+
+
+def anytime_line(v: Verdict, row: Mapping[str, Any]) -> str:
+    """Why a grid with seeds added by `--until-decided` shows the anytime-valid verdict, and
+    what the fixed-n t-interval alone would have said (`row`: its `hypotheses_table` row)."""
+    unit = row["unit"]
+    return (f"Seeds {', '.join(map(str, v.seeds_added))} were added one at a time by "
+            "`--until-decided`, which stops when a verdict comes: the verdict above is the "
+            "anytime-valid one (Lai 1976; Howard et al. 2021), from the 95% confidence "
+            f"sequence [{_num(row['anytime_low'])}, {_num(row['anytime_high'])}] {unit}, which "
+            "holds at every number of seeds at once. The fixed-n 95% interval in the table "
+            "would overclaim after such looks; alone it would say "
+            f"{v.comparison.verdict}.")
 
 
 def power_line(v: Verdict) -> str:
@@ -159,11 +173,13 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
             f"equivalence {row['rope']:g} {unit}); a = `{v.a_cell}`, b = `{v.b_cell}`.", "",
             "| verdict | evidence vs the author | a - b | 95% interval | p (t) | seeds (n) | "
             "pairing gain |", "|---|---|---:|---|---:|---|---|",
-            f"| **{c.verdict}** | {agreement(v)} | {_num(row['mean_diff'])} {unit} | "
+            f"| **{v.outcome}** | {agreement(v)} | {_num(row['mean_diff'])} {unit} | "
             f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}] | "
             f"{'n/a' if not math.isfinite(c.p_t) else f'{c.p_t:.3g}'} | "
             f"{', '.join(map(str, seeds)) or '-'} ({c.n}) | "
             + (f"x{eff:.2f} (corr {corr:+.2f})" if math.isfinite(eff) else "n/a") + " |", ""]
+    if v.seeds_added:
+        out += [anytime_line(v, row), ""]
     if c.note:
         out += [f"Note: {c.note}", ""]
     out += [power_line(v), ""]
@@ -228,7 +244,7 @@ def write_results(claims: ClaimsFile, analyses: Mapping[str, Analysis | None],
         a = analyses.get(c.spec)
         v = next((v for v in a.verdicts if v.hypothesis.id == c.hypothesis), None) if a else None
         lines.append(f"| {_cell(c.point)} | {_cell(c.hypothesis)} ({_cell(c.spec)}) | "
-                     + (f"{v.comparison.verdict} | {agreement(v)} | "
+                     + (f"{v.outcome} | {agreement(v)} | "
                         f"{a.provenance.budget if a.provenance else '-'} |" if v else
                         "not run yet | - | - |"))
     lines.append("")

@@ -59,7 +59,9 @@ class ArmLearning:
 @dataclass(frozen=True)
 class Verdict:
     """One hypothesis answered. `comparison.verdict` is the fixed-n verdict (NO_VERDICT when
-    the data cannot answer); the others are the anytime-valid and Holm-adjusted ones."""
+    the data cannot answer); the others are the anytime-valid and Holm-adjusted ones.
+    `seeds_added`: the seeds of its arms beyond the spec's `seeds` list, which only
+    `--until-decided` adds; `outcome` is the verdict to read."""
 
     hypothesis: Hypothesis
     a_cell: str
@@ -73,6 +75,14 @@ class Verdict:
     p_holm: float = math.nan
     verdict_holm: Outcome = Outcome.INCONCLUSIVE
     why_no_verdict: str = ""
+    seeds_added: tuple[int, ...] = ()
+
+    @property
+    def outcome(self) -> Outcome:
+        """The verdict to read: the anytime-valid one when seeds were added one at a time
+        until a verdict came (`seeds_added`: the fixed-n t-interval, looked at after every
+        seed, overclaims; `analysis.sequential`), else the fixed-n one."""
+        return self.verdict_anytime if self.seeds_added else self.comparison.verdict
 
 
 @dataclass(frozen=True)
@@ -208,6 +218,15 @@ def arm_predictions(runs: pd.DataFrame, cell: str,
     return {int(s): predictions[r] for s, r in zip(ok["seed"], ok["run_id"]) if r in predictions}
 
 
+def added_seeds(spec: AblationSpec, runs: pd.DataFrame, a: str, b: str) -> tuple[int, ...]:
+    """The seeds of cells `a` and `b`'s FINISHED runs that the spec does not list: seeds
+    `--until-decided` added (`ablation.adaptive`), sorted; () for a grid of fixed seeds."""
+    if not len(runs):
+        return ()
+    ok = runs[runs["cell"].isin([a, b]) & (runs["status"] == "FINISHED")]
+    return tuple(sorted({int(s) for s in ok["seed"]} - set(spec.seeds)))
+
+
 def analyze(spec: AblationSpec, runs: pd.DataFrame,
             source: GridSource | None = None,
             predictions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
@@ -230,6 +249,8 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
         why = "tuning incomplete: rerun the grid to finish its studies and verdict runs"
         verdicts = [replace(v, comparison=_no_verdict(v.comparison, why), why_no_verdict=why)
                     if {v.a_cell, v.b_cell} & untuned else v for v in verdicts]
+    verdicts = [replace(v, seeds_added=added_seeds(spec, runs, v.a_cell, v.b_cell))
+                for v in verdicts]
     adjusted = holm_adjust([v.p_verdict for v in verdicts])
     verdicts = [replace(v, p_holm=p, verdict_holm=adjusted_verdict(v.comparison.verdict, p))
                 for v, p in zip(verdicts, adjusted)]
@@ -328,8 +349,11 @@ def hypotheses_table(analysis: Analysis) -> pd.DataFrame:
             "boot_high": c.ci_bootstrap[1] * scale if c.ci_bootstrap else math.nan,
             "p_t": c.p_t, "p_wilcoxon": c.p_wilcoxon if c.p_wilcoxon is not None else math.nan,
             "effect_dz": c.effect_dz if c.effect_dz is not None else math.nan,
-            "verdict": str(c.verdict), "why_no_verdict": v.why_no_verdict, "paired": c.paired,
-            "seeds_needed": c.seeds_needed if c.seeds_needed is not None else math.nan,
+            "verdict": str(v.outcome), "verdict_fixed_n": str(c.verdict),
+            "seeds_added": " ".join(map(str, v.seeds_added)),
+            "why_no_verdict": v.why_no_verdict, "paired": c.paired,
+            "seeds_needed": (c.seeds_needed if c.seeds_needed is not None and not v.seeds_added
+                             else math.nan),
             "p_verdict": v.p_verdict, "p_holm": v.p_holm, "verdict_holm": str(v.verdict_holm),
             "anytime_low": v.ci_anytime[0] * scale, "anytime_high": v.ci_anytime[1] * scale,
             "verdict_anytime": str(v.verdict_anytime),

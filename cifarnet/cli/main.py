@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from cifarnet import __version__
 from cifarnet.errors import UserError, one_line
@@ -149,12 +150,14 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
         table_console,
     )
     from cifarnet.cli.signals import stop_on_signals
-    from cifarnet.config.schema import load_config
+    from cifarnet.config.schema import load_config, parse_assignments
     from cifarnet.data.datasets import load_data
     from cifarnet.training.callbacks import StopOnEvent
     from cifarnet.training.checkpoint import resume_point
     from cifarnet.training.loop import METRICS, default_run_dir, train
 
+    if data_path is not None and "data.path" in parse_assignments(assignments):
+        raise UserError("--data: data.path is also given by --set; give it once")
     cfg = load_config(config_file, assignments)
     if data_path is not None:
         cfg = cfg.replace({"data.path": data_path})
@@ -238,6 +241,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     spec = load_spec(spec_path)
     if assignments:  # run-config keys into the base; tune.* into the tune block
         spec = spec.with_sets(assignments)
+    check_seed_options(spec, until_decided, max_seeds_given=click.get_current_context()
+                       .get_parameter_source("max_seeds") is not ParameterSource.DEFAULT)
     if until_decided and len(spec.cells()) * max_seeds > MAX_RUNS:
         raise UserError(f"--max-seeds: {len(spec.cells())} cell(s) x {max_seeds} seeds is more "
                         f"than the limit of {MAX_RUNS:,} runs per grid")
@@ -256,6 +261,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
         for line in _dry_run_power(spec, workspace,
                                    max_seeds if until_decided else len(spec.seeds)):
             click.echo(line)
+        if note := no_hypotheses_line(spec):
+            click.echo(note)
         click.echo("nothing was written (dry run)")
         return
     for out_dir in sorted({str(j.config.train.out_dir) for j in jobs}):  # before any store
@@ -270,9 +277,9 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
         return found
     if workers > 1:  # the cache is filled: the workers read it
         argv = ["run", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
-                str(heartbeat), "--grace", str(grace), "--max-seeds", str(max_seeds),
+                str(heartbeat), "--grace", str(grace),
                 *(["--storage", storage] if storage else []),
-                *(["--until-decided"] if until_decided else []),
+                *(["--until-decided", "--max-seeds", str(max_seeds)] if until_decided else []),
                 *(["--no-reuse"] if no_reuse else [])]
         _supervise_grid(spec, argv, workers, workspace, jobs, storage, data, estimate,
                         heartbeat, grace)
@@ -309,6 +316,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     display.close()
     if spec.hypotheses and not as_worker:
         table_console().print(verdict_table(analysis))
+    elif not as_worker:
+        click.echo(no_hypotheses_line(spec))
     if total.reused:
         click.echo(f"reused {len(total.reused)} finished run(s) of other experiments (tag "
                    "cifarnet.reused_from); --no-reuse trains them again")
@@ -384,6 +393,8 @@ def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
     if spec.hypotheses:
         grid = find_parent_run(spec.name, workspace, run_id=parent)
         table_console().print(verdict_table(analyze_grid(grid, with_history=False)))
+    else:
+        click.echo(no_hypotheses_line(spec))
     finished, failed = result.count(0), result.count(2)
     click.echo(f"{spec.name}: {finished} run(s) finished here by {workers} workers, "
                f"{len(jobs) - finished - failed} already done, {failed} failed; "
@@ -399,6 +410,27 @@ def _cuda_devices(spec: Any) -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_seed_options(spec: Any, until_decided: bool, max_seeds_given: bool) -> None:
+    """Refuse the seed options that would be silently ignored (UserError naming the option):
+    `--max-seeds` without `--until-decided`, and `--until-decided` on a spec that declares no
+    hypotheses (nothing to decide: the grid would run its own seeds and stop)."""
+    if max_seeds_given and not until_decided:
+        raise UserError("--max-seeds: read only with --until-decided; add --until-decided or "
+                        "drop --max-seeds")
+    if until_decided and not spec.hypotheses:
+        raise UserError(f"--until-decided: spec {spec.name} declares no hypotheses, so there "
+                        "is nothing to decide; add `hypotheses:` to the spec or drop "
+                        "--until-decided")
+
+
+def no_hypotheses_line(spec: Any) -> str | None:
+    """The line `run` prints for a spec without hypotheses (its runs give no verdict), or None."""
+    if spec.hypotheses:
+        return None
+    return (f"note: spec {spec.name} declares no hypotheses: its runs are tracked and "
+            "reported, but no verdict is given (add `hypotheses:` to the spec for one)")
 
 
 def check_grace(heartbeat: int, grace: int) -> None:
