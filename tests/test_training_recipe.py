@@ -46,6 +46,10 @@ def _one_thread():
 @pytest.mark.parametrize(("overrides", "key", "fragment"), [
     ({"train.tta_flip": 1}, "train.tta_flip", "expected true or false"),
     ({"train.tta_flip": "yes"}, "train.tta_flip", "expected true or false"),
+    ({"train.tta_translate": 5}, "train.tta_translate", "must be <= 4"),
+    ({"train.tta_translate": -1}, "train.tta_translate", "must be >= 0"),
+    ({"train.tta_translate": 1.5}, "train.tta_translate", "expected an integer"),
+    ({"train.tta_translate": True}, "train.tta_translate", "expected an integer"),
     ({"train.ema_decay": 1.0}, "train.ema_decay", "must be < 1.0"),
     ({"train.ema_decay": 1}, "train.ema_decay", "must be < 1.0"),
     ({"train.ema_decay": -0.5}, "train.ema_decay", "must be >= 0.0"),
@@ -85,15 +89,16 @@ def test_off_by_default_and_the_default_identity_is_unchanged() -> None:
     base = RunConfig().hash()
     # written out at their defaults, the techniques leave the identity alone ...
     assert RunConfig().data.augment_ramp_frac == 0.0
-    assert build_config({"train.tta_flip": False, "train.ema_decay": 0,
+    assert build_config({"train.tta_flip": False, "train.tta_translate": 0,
+                         "train.ema_decay": 0,
                          "train.no_decay_bn_bias": False, "train.bn_lr_mult": 1,
                          "data.augment_ramp_frac": 0}).hash() == base
     # ... and each of them, on, is another run
     on = [{"train.tta_flip": True}, {"train.ema_decay": 0.999},
           {"train.no_decay_bn_bias": True}, {"train.bn_lr_mult": 4.0},
-          {"data.augment_ramp_frac": 0.2}]
+          {"data.augment_ramp_frac": 0.2}, {"train.tta_translate": 1}]
     hashes = {build_config(o).hash() for o in on}
-    assert len(hashes) == 5 and base not in hashes
+    assert len(hashes) == 6 and base not in hashes
 
 
 # --- flip test-time augmentation ----------------------------------------------------------
@@ -137,6 +142,62 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror() -> None:
             (want_pred[y == k] == k).float().mean().item())
     plain_loss, plain_acc, _ = evaluate(model, batches, 3, NULL(), tta_flip=False)
     assert plain_loss != pytest.approx(loss)
+
+
+class Shifty(nn.Module):
+    """A linear classifier over the pixels of 6x6 images: sensitive to left/right and to
+    shifts, returning log-probabilities like CifarNet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3 * 6 * 6, 3)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.logits(x), dim=1)
+
+
+def _reflect_shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """img [C, H, W] moved by (dy, dx) pixels, the uncovered border filled by reflection,
+    written index by index (numpy's 'reflect' mode: the edge pixel is not repeated)."""
+    _, h, w = img.shape
+
+    def src(i: int, n: int) -> int:
+        return -i if i < 0 else 2 * (n - 1) - i if i >= n else i
+    rows = [src(i - dy, h) for i in range(h)]
+    cols = [src(j - dx, w) for j in range(w)]
+    return img[:, rows][:, :, cols]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_translation_tta_averages_the_shifted_views_as_airbench_does(flip) -> None:
+    """1/2 the image + 1/4 it moved 1 pixel down-right + 1/4 it moved up-left (each view
+    flip-averaged with flip TTA), by hand, against `evaluate(..., tta_translate=1)`."""
+    model = Shifty()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(48, 3, 6, 6, generator=g)
+    y = torch.randint(0, 3, (48,), generator=g)
+
+    def view(v: torch.Tensor) -> torch.Tensor:
+        if not flip:
+            return model.logits(v)
+        return (model.logits(v) + model.logits(v.flip(-1))) / 2
+    with torch.no_grad():
+        down_right = torch.stack([_reflect_shift(img, 1, 1) for img in x])
+        up_left = torch.stack([_reflect_shift(img, -1, -1) for img in x])
+        avg = view(x) / 2 + view(down_right) / 4 + view(up_left) / 4
+        want = avg - torch.logsumexp(avg, dim=1, keepdim=True)
+        without = view(x).argmax(1)
+    assert (want.argmax(1) != without).any()  # the data tells the shifts apart
+    predicted: list[torch.Tensor] = []
+    loss, acc, _ = evaluate(model, [(x[:30], y[:30]), (x[30:], y[30:])], 3, NULL(), predicted,
+                            tta_flip=flip, tta_translate=1)
+    assert loss == pytest.approx(-want[torch.arange(48), y].mean().item(), rel=1e-5)
+    assert torch.equal(torch.cat(predicted), want.argmax(1))
+    assert acc == pytest.approx((want.argmax(1) == y).float().mean().item())
 
 
 def test_tta_run_evaluates_every_split_and_saves_its_predictions(tiny_tree, tmp_path) -> None:

@@ -154,6 +154,14 @@ class TrainConfig:
         "CNN, averaged predictions of an image and its reflection); Keller Jordan's "
         "cifar10-airbench (KellerJordan/cifar10-airbench) averages the logits of both",
         hashed_when_set=True)
+    tta_translate: int = _opt(
+        0, "translation test-time augmentation, in pixels (0 = off): every evaluation also "
+        "classifies the image shifted by this many pixels down-right and up-left (reflect "
+        "padding), and averages the logits with weights 1/2 (the image) and 1/4 (each "
+        "shift); with train.tta_flip each of the three views is itself flip-averaged (6 "
+        "forward passes). Source: Keller Jordan's cifar10-airbench "
+        "(KellerJordan/cifar10-airbench, `infer_mirror_translate`, tta_level=2, 1 pixel)",
+        min=0, max=4, hashed_when_set=True)
     ema_decay: float = _opt(
         0.0, "exponential moving average of the weights, updated after every optimiser step "
         "(ema = decay * ema + (1 - decay) * w; the first step copies w), and every "

@@ -25,6 +25,7 @@ ABBREVIATIONS: dict[str, str] = {
     "data.flip_only_frac": "flip",
     "data.augment_ramp_frac": "ramp",
     "train.tta_flip": "tta",
+    "train.tta_translate": "tta_shift",
     "train.epochs": "ep",
     "train.lr": "lr",
     "train.weight_decay": "wd",

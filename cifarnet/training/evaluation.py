@@ -26,22 +26,47 @@ def flip_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(out / 2, dim=1)
 
 
+def shifted(x: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` [B, C, H, W] shifted by `pixels` down-right and up-left (same shape): crops of
+    `x` reflect-padded by `pixels` on every side, as cifar10-airbench's
+    `infer_mirror_translate` does for 1 pixel."""
+    p = pixels
+    padded = F.pad(x, (p, p, p, p), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., :h, :w], padded[..., 2 * p:2 * p + h, 2 * p:2 * p + w]
+
+
+def tta(model: nn.Module, x: torch.Tensor, flip: bool, translate: int) -> torch.Tensor:
+    """Log-probabilities [B, classes] (fp32) of test-time augmentation: without either, the
+    model's own output; `flip`: `flip_tta`; `translate` > 0 pixels: the log_softmax of
+    1/2 x the logits of the image plus 1/4 x those of each of its two `shifted` copies, each
+    view flip-averaged when `flip` (Keller Jordan's cifar10-airbench, tta_level=2; the
+    model's log-probabilities stand for its logits up to a per-image constant that the
+    final log_softmax removes)."""
+    view = (lambda v: flip_tta(model, v)) if flip else (lambda v: model(v).float())
+    if not translate:
+        return view(x)
+    down_right, up_left = shifted(x, translate)
+    return F.log_softmax(view(x) / 2 + (view(down_right) + view(up_left)) / 4, dim=1)
+
+
 def evaluate(model: nn.Module, batches: list[Batch], num_classes: int,
              autocast: contextlib.AbstractContextManager,
              predictions: list[torch.Tensor] | None = None,
-             tta_flip: bool = False) -> tuple[float, float, torch.Tensor]:
+             tta_flip: bool = False, tta_translate: int = 0) -> tuple[float, float, torch.Tensor]:
     """Mean NLL (nats per image), accuracy (0..1) and per-class accuracy (shape
     [num_classes], on the CPU; 0 for a class with no image) of `batches`, each
     (images [B, C, H, W] normalised, labels [B]). Puts the model in eval mode. With
     `predictions`, appends each batch's predicted classes (shape [B], int64, on the device).
-    `tta_flip`: classify by `flip_tta` (the image and its mirror) instead of the image."""
+    `tta_flip`, `tta_translate` (pixels): classify by `tta` (the image and its mirror, and
+    its shifted copies) instead of the image alone."""
     model.eval()
     loss = torch.zeros((), device=batches[0][0].device)
     hits = torch.zeros(num_classes, device=loss.device)
     counts = torch.zeros(num_classes, device=loss.device)
     with torch.no_grad(), autocast:
         for x, y in batches:
-            out = flip_tta(model, x) if tta_flip else model(x).float()
+            out = tta(model, x, tta_flip, tta_translate)
             loss += F.nll_loss(out, y, reduction="sum")
             predicted = out.argmax(1)
             hits += torch.bincount(y[predicted == y], minlength=num_classes)

@@ -232,15 +232,16 @@ def _recalibrate(run: BuiltRun, epoch: int) -> None:
 
 def _evaluate_splits(run: BuiltRun, epoch: int) -> dict[str, float]:
     """Loss and accuracy of every eval split (after BatchNorm recalibration, if on) by the
-    evaluated model (`BuiltRun.eval_model`), with flip test-time augmentation if
-    `train.tta_flip`; keeps the test split's per-class accuracy."""
+    evaluated model (`BuiltRun.eval_model`), with the test-time augmentation of
+    `train.tta_flip` and `train.tta_translate`; keeps the test split's per-class accuracy."""
     _recalibrate(run, epoch)
     metrics: dict[str, float] = {}
     for name, batches in run.evals.items():
         predicted: list[torch.Tensor] | None = [] if name == "test" else None
         loss_v, acc_v, per_class = evaluate(run.eval_model, batches, len(run.data.classes),
                                             run.autocast(), predicted,
-                                            tta_flip=run.cfg.train.tta_flip)
+                                            tta_flip=run.cfg.train.tta_flip,
+                                            tta_translate=run.cfg.train.tta_translate)
         metrics[f"{name}_loss"], metrics[f"{name}_acc"] = loss_v, acc_v
         if name == "test":
             run.class_acc = per_class
