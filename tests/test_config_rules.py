@@ -143,3 +143,35 @@ def test_every_shipped_and_benchmark_spec_passes_every_rule(path: Path) -> None:
     load = load_search_spec if path.parent.name in ("searches", "search") else load_spec
     assert load(str(path)).name == path.stem
     assert len(SPECS) >= 20  # the globs found the folders
+
+
+def test_keys_the_schedule_does_not_read_leave_the_identity_alone() -> None:
+    """`train.warmup_frac` is read only by onecycle and `train.step_*` only by step, but both
+    entered every config's hash: a grid over warmup_frac with cosine trained identical cells
+    as different runs, and never reused one for the other. Now a key the schedule does not
+    read enters the hash at its default; keys it reads still change it."""
+    from cifarnet.config.schema import RunConfig, build_config
+
+    def h(**kv) -> str:
+        return build_config({f"train.{k}": v for k, v in kv.items()}).hash()
+
+    assert h(schedule="cosine", warmup_frac=0.5) == h(schedule="cosine")
+    assert h(schedule="constant", step_epochs=3, step_gamma=0.5) == h(schedule="constant")
+    assert h(schedule="step", warmup_frac=0.5) == h(schedule="step")
+    assert h(warmup_frac=0.5) != RunConfig().hash()  # onecycle reads it
+    assert h(step_epochs=3) == RunConfig().hash()  # onecycle does not read step_*
+    assert h(schedule="step", step_epochs=3) != h(schedule="step")
+    assert h(schedule="step", step_gamma=0.5) != h(schedule="step")
+
+
+def test_a_data_path_the_source_does_not_read_is_refused() -> None:
+    """`data.source=cifar10` with `data.path` set trained on torchvision's CIFAR-10 and
+    dropped the path without a word."""
+    from cifarnet.config.schema import build_config
+    from cifarnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^data\.path: '/x' is not read with "
+                                          r"data\.source=cifar10"):
+        build_config({"data.source": "cifar10", "data.path": "/x"})
+    assert build_config({"data.source": "imagefolder", "data.path": "/x"}).data.path == "/x"
+    assert build_config({"data.source": "auto", "data.path": "/x"}).data.path == "/x"

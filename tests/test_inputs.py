@@ -142,8 +142,10 @@ def test_max_seeds_and_n_trials_are_bounded(here) -> None:
 def test_an_option_that_would_be_ignored_is_refused(here, tiny_tree) -> None:
     """Options read only beside another (or with something to act on) were silently ignored:
     `--max-seeds` without `--until-decided` ran the spec's seeds; `--until-decided` on a spec
-    with no hypotheses ran its seeds and stopped; `train --data` beside `--set data.path=`
-    trained on one of the two without a word."""
+    with no hypotheses ran its seeds and stopped, and so did a `--max-seeds` no larger than
+    the spec's seeds (its power line even planned fewer seeds than the grid runs); `train
+    --data` beside `--set data.path=`, and `--run-dir` beside `--set train.out_dir=`, used one
+    of the two without a word."""
     spec = write(here, yaml.safe_dump(GRID))
     refused(here, ["run", str(spec), "--max-seeds", "4"],
             "--max-seeds: read only with --until-decided")
@@ -151,8 +153,15 @@ def test_an_option_that_would_be_ignored_is_refused(here, tiny_tree) -> None:
                  "bare.yaml")
     refused(here, ["run", str(bare), "--until-decided"],
             "--until-decided: spec t declares no hypotheses")
+    refused(here, ["run", str(spec), "--until-decided", "--max-seeds", "2"],
+            "--max-seeds: 2 is not more than the spec's 2 seeds, so --until-decided could "
+            "add none; give at least 3")
     refused(here, ["train", "--data", str(tiny_tree), "--set", f"data.path={tiny_tree}"],
             "--data: data.path is also given by --set")
+    refused(here, ["train", "--run-dir", str(here / "r"), "--set", f"data.path={tiny_tree}",
+                   "--set", f"train.out_dir={here / 'o'}"],
+            "--run-dir: the run folder is given, so --set train.out_dir")
+    assert not (here / "r").exists() and not (here / "o").exists()
     # the valid forms are not refused, and a spec without hypotheses says it gives no verdict
     r = CliRunner().invoke(main, ["run", str(spec), "--until-decided", "--max-seeds", "4",
                                   "--dry-run", "--set", f"data.path={tiny_tree}"])

@@ -260,35 +260,40 @@ def test_one_run_has_no_spread_in_the_variants_table() -> None:
 def test_a_grid_with_seeds_added_reads_the_anytime_verdict(tmp_path) -> None:
     """`--until-decided` adds seeds one at a time and stops at a verdict; the fixed-n
     t-interval looked at after each seed overclaims, so such a grid's verdict is the
-    anytime-valid one. Here six seeds (0-2 listed, 3-5 added) give a fixed-n 'supported'
-    that the confidence sequence does not: every place that shows the verdict (the report's
-    row and CSV, the terminal table, RESULTS.md's claim section and summary, the plot's label)
-    said 'supported' and now says 'inconclusive'; the same values with all six seeds listed
-    in the spec keep the fixed-n verdict."""
+    anytime-valid one. Here six seeds (3-5 added: their runs' tag, column seed_added) give a
+    fixed-n 'supported' that the confidence sequence does not: every place that shows the
+    verdict (the report's row and CSV, the terminal table, RESULTS.md's claim section and
+    summary, the plot's label) said 'supported' and now says 'inconclusive'; Holm's verdict is
+    n/a for it (its p enters the family as 1). The same values without the tag (seeds listed
+    in the spec, whatever the spec says now) keep the fixed-n verdict."""
     from cifarnet.analysis.plots import plot_differences
     from cifarnet.analysis.results import Claim, agreement, claim_section
 
     diffs = [0.025, 0.005, 0.035, 0.010, 0.030, 0.015]
     values = {A: {s: 0.60 + d for s, d in enumerate(diffs)}, B: dict.fromkeys(range(6), 0.60)}
-    an = analyze(SPEC, fake_runs(values))
+    runs = fake_runs(values)
+    runs["seed_added"] = runs["seed"] >= 3
+    an = analyze(SPEC, runs)
     v = an.verdicts[0]
     assert v.comparison.verdict == Outcome.SUPPORTED  # the fixed-n interval alone
     assert v.verdict_anytime == Outcome.INCONCLUSIVE
     assert v.seeds_added == (3, 4, 5) and v.outcome == Outcome.INCONCLUSIVE
+    assert v.verdict_holm == Outcome.NO_VERDICT and math.isnan(v.p_holm)
     row = hypotheses_table(an).set_index("id").loc["H1"]
-    assert (row["verdict"], row["verdict_fixed_n"], row["seeds_added"]) == (
-        "inconclusive", "supported", "3 4 5")
+    assert (row["verdict"], row["verdict_fixed_n"], row["seeds_added"], row["verdict_holm"]) == (
+        "inconclusive", "supported", "3 4 5", "n/a (seeds added)")
     assert math.isnan(row["seeds_needed"])  # a fixed-n figure, not offered here
     text = dict((r[0], r[-1]) for r in hypotheses_rows(an)[1])["H1"]
     assert text.startswith("inconclusive [anytime-valid: seeds 3 4 5 added by --until-decided; "
                            "the fixed-n interval alone would say supported]"), text
-    assert agreement(v).startswith("undecided")
+    assert agreement(v).startswith("undecided: the anytime-valid interval spans")
     page = "\n".join(claim_section(Claim("1", "lr_check", "H1", "words"), an, [], {}))
     assert "| **inconclusive** |" in page and "| **supported** |" not in page
+    lo, hi = (100 * x for x in v.ci_anytime)
+    assert f"[{lo:+.2f}, {hi:+.2f}] (anytime)" in page  # the interval its verdict comes from
     assert "Seeds 3, 4, 5 were added one at a time by `--until-decided`" in page
-    assert "alone it would say supported." in page
-    fig_path = plot_differences(an, tmp_path / "d.png")
-    assert fig_path.stat().st_size > 0
-    listed = parse_spec({**SPEC_RAW, "seeds": list(range(6))})
-    fixed = analyze(listed, fake_runs(values)).verdicts[0]
-    assert fixed.seeds_added == () and fixed.outcome == Outcome.SUPPORTED
+    assert "alone it would say supported" in page
+    assert "a fixed design" in page and "needs about" in page
+    assert plot_differences(an, tmp_path / "d.png").stat().st_size > 0
+    untagged = analyze(parse_spec({**SPEC_RAW, "seeds": [0]}), fake_runs(values)).verdicts[0]
+    assert untagged.seeds_added == () and untagged.outcome == Outcome.SUPPORTED

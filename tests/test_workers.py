@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import pandas as pd
 import pytest
 from helpers import EXE, children, runs_df, search_spec, study_of, trial_runs, write, write_spec
 
@@ -63,23 +64,38 @@ def test_two_workers_run_each_job_once_side_by_side(tiny_tree, tmp_path) -> None
 def test_workers_add_seeds_until_decided_and_a_bare_spec_says_it_has_no_verdict(
         tiny_tree, tmp_path) -> None:
     """`run --until-decided --max-seeds 3 --workers 2`: the workers are started with the
-    seed options (they once got `--max-seeds` alone), every cell stops at 3 seeds at most;
-    a spec without hypotheses ends with its one-line note instead of a verdict table."""
-    spec = write_spec(tmp_path, tiny_tree, epochs=1)  # 2 cells x seeds 0, 1
+    seed options (they once got `--max-seeds` alone); seed 2 is added, its runs tagged, the
+    verdict the anytime one, and the summary counts the added jobs (it printed "-2 already
+    done"); a spec without hypotheses ends `run` and `report` with its one-line note instead
+    of a verdict table."""
+    spec = write_spec(tmp_path, tiny_tree, epochs=2)  # 2 cells x seeds 0, 1
     r = subprocess.run([EXE, "run", str(spec), "--workers", "2", "--until-decided",
                         "--max-seeds", "3"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
     kids = children(runs_df(tmp_path))
     assert set(kids["status"]) == {"FINISHED"}
+    # the anytime-valid sequence decides nothing before 4 seeds: seed 2 is added to both
+    # cells, and only its runs carry the tag that makes the verdict the anytime one
     per_cell = kids.groupby("tags.cifarnet.cell")["params.train.seed"].nunique()
-    assert len(per_cell) == 2 and per_cell.between(2, 3).all(), per_cell
+    assert len(per_cell) == 2 and (per_cell == 3).all(), per_cell
+    added = kids.get("tags.cifarnet.seed_added", pd.Series(index=kids.index, dtype=object))
+    assert sorted(kids.loc[added == "true", "params.train.seed"]) == ["2", "2"]
+    assert "anytime-valid: seeds 2 added by --until-decided" in r.stdout, r.stdout
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("tiny: 6 run(s) finished here by 2 workers, 0 already done, "), last
     bare = write_spec(tmp_path, tiny_tree, name="bare", epochs=1,
                       factors={"model.residual_add": [True, False]}, seeds=[0])
     r = subprocess.run([EXE, "run", str(bare), "--workers", "2"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "note: spec bare declares no hypotheses" in r.stdout, r.stdout
+    # its report: the same note instead of an empty verdict table, and no plotting warning
+    r = subprocess.run([EXE, "report", "bare", "--out", "rep"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "note: spec bare declares no hypotheses" in r.stdout, r.stdout
+    assert "Warning" not in r.stderr, r.stderr
 
 
 @pytest.mark.slow

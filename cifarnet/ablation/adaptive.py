@@ -16,6 +16,7 @@ Hypotheses with no verdict (both arms at chance, a metric never logged) get no s
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from cifarnet.ablation.spec import AblationSpec, Job
 from cifarnet.analysis.verdicts import Analysis, undecided_cells
@@ -35,7 +36,7 @@ def next_jobs(spec: AblationSpec, analysis: Analysis, max_seeds: int) -> list[Jo
     seed = max(used) + 1
     while seed in spec.reserved_seeds():  # the tuning trials' seed: verdict seeds are fresh
         seed += 1
-    return [j for j in spec.jobs([seed]) if j.cell.label in cells]
+    return [replace(j, added=True) for j in spec.jobs([seed]) if j.cell.label in cells]
 
 
 def run_until_decided(spec: AblationSpec, max_seeds: int, run: Callable[[list[Job]], object],

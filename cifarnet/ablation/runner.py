@@ -55,6 +55,7 @@ from cifarnet.tracking.tags import (
     TAG_RESUMED_FROM,
     TAG_ROLE,
     TAG_SEED,
+    TAG_SEED_ADDED,
     TAG_SPEC,
     TAG_TRIAL,
     Role,
@@ -107,7 +108,7 @@ def grid_id(spec: AblationSpec, fingerprints: set[str] = frozenset()) -> str:
 
 def job_records(jobs: list[Job]) -> list[dict[str, Any]]:
     return [{"config_hash": j.config_hash, "cell": j.cell.label, "seed": j.seed,
-             "config": j.config.to_dict()} for j in jobs]
+             "config": j.config.to_dict(), "added": j.added} for j in jobs]
 
 
 class GridListener:
@@ -268,7 +269,7 @@ def _take_job(grid: GridContext, job: QueuedJob) -> None:
 def _job_tags(grid: GridContext, job: QueuedJob, fingerprint: str) -> dict[str, str]:
     return {TAG_ROLE: Role.CHILD, TAG_SPEC: grid.spec.name, TAG_HASH: job.config_hash,
             TAG_CELL: job.cell, TAG_SEED: str(job.seed), TAG_TRIAL: str(job.number),
-            TAG_DATA: fingerprint}
+            TAG_DATA: fingerprint, **({TAG_SEED_ADDED: "true"} if job.added else {})}
 
 
 def _reuse_job(grid: GridContext, job: QueuedJob, label: str, run_name: str,

@@ -77,12 +77,16 @@ class Cell:
 
 @dataclass(frozen=True)
 class Job:
-    """One run: a cell at a seed, with its full config and identity."""
+    """One run: a cell at a seed, with its full config and identity. `added`: a seed that
+    `--until-decided` added beyond the spec's list (`ablation.adaptive.next_jobs`); its run
+    is tagged so (`tracking.tags.TAG_SEED_ADDED`), and its hypothesis then reads the
+    anytime-valid verdict."""
 
     cell: Cell
     seed: int
     config: RunConfig
     config_hash: str
+    added: bool = False
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,8 @@ def plot_differences(analysis: Analysis, path: Path) -> Path:
                         for v in reversed(analysis.verdicts)] or [""], fontsize=8)
     ax.set_xlabel("a - b (accuracy points); bar = 95% CI, diamond = mean")
     ax.set_title(_title(analysis, "paired differences"), fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    if analysis.verdicts:  # no hypotheses: nothing labelled to list
+        ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

@@ -243,7 +243,9 @@ RULES = ("Verdicts use paired differences over shared seeds and a 95% t-interval
          "inconclusive.")
 HOLM = ("With several hypotheses, the chance that at least one verdict is wrong grows with "
         "their number; Holm's adjustment (Holm 1979) keeps that chance at 5% for the whole "
-        "spec, and 'verdict (Holm)' is what survives it.")
+        "spec, and 'verdict (Holm)' is what survives it. A hypothesis with seeds added by "
+        "--until-decided has no valid fixed-n p-value: it counts in the family as p = 1 and "
+        "its Holm verdict is n/a.")
 ANYTIME = ("'verdict (anytime)' uses a 95% confidence sequence (Lai 1976; Howard et al. 2021) "
            "that holds at every number of seeds at once: it is the verdict to read when seeds "
            "were added with --until-decided, whose stopping rule it is, and the 'verdict' "

@@ -103,7 +103,8 @@ def agreement(v: Verdict) -> str:
         need = v.comparison.seeds_needed
         more = (f"; about {need} seeds would decide" if need and need > v.comparison.n
                 and not v.seeds_added else "")
-        return f"undecided: the interval spans the claim's boundary at this budget{more}"
+        which = "the anytime-valid interval" if v.seeds_added else "the interval"
+        return f"undecided: {which} spans the claim's boundary at this budget{more}"
     return f"no verdict ({v.why_no_verdict or v.comparison.note or 'the data cannot answer'})"
 
 
@@ -118,10 +119,9 @@ def anytime_line(v: Verdict, row: Mapping[str, Any]) -> str:
     return (f"Seeds {', '.join(map(str, v.seeds_added))} were added one at a time by "
             "`--until-decided`, which stops when a verdict comes: the verdict above is the "
             "anytime-valid one (Lai 1976; Howard et al. 2021), from the 95% confidence "
-            f"sequence [{_num(row['anytime_low'])}, {_num(row['anytime_high'])}] {unit}, which "
-            "holds at every number of seeds at once. The fixed-n 95% interval in the table "
-            "would overclaim after such looks; alone it would say "
-            f"{v.comparison.verdict}.")
+            "sequence in the table, which holds at every number of seeds at once. The fixed-n "
+            f"95% t-interval, [{_num(row['ci_low'])}, {_num(row['ci_high'])}] {unit}, would "
+            f"overclaim after such looks; alone it would say {v.comparison.verdict}.")
 
 
 def power_line(v: Verdict) -> str:
@@ -141,6 +141,11 @@ def power_line(v: Verdict) -> str:
     src = (f"the sd of this grid's {c.n} paired differences, {sd * scale:.2f} {unit}" if own
            else f"the documented default sd, {sd * scale:.2f} {unit}")
     seeds = f"about {need} seeds" if need is not None else f"more than {MAX_SEEDS} seeds"
+    if v.seeds_added:  # the count is the fixed-n t-test's: a design declared in advance
+        return (f"Power: with {src}, a fixed design (its seeds listed in the spec, no "
+                f"`--until-decided`) needs {seeds} for a decisive verdict at this rope "
+                f"({h.rope * scale:g} {unit}) with {POWER:.0%} power if the true difference "
+                f"is 0; the anytime-valid verdict of this adaptive grid needs more.")
     return (f"Power: with {src}, a decisive verdict at this rope ({h.rope * scale:g} {unit}) "
             f"needs {seeds} for {POWER:.0%} power if the true difference is 0; this grid has "
             f"{c.n}. (The verdict's \"~N seeds would decide\" instead assumes the observed "
@@ -174,8 +179,9 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
             "| verdict | evidence vs the author | a - b | 95% interval | p (t) | seeds (n) | "
             "pairing gain |", "|---|---|---:|---|---:|---|---|",
             f"| **{v.outcome}** | {agreement(v)} | {_num(row['mean_diff'])} {unit} | "
-            f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}] | "
-            f"{'n/a' if not math.isfinite(c.p_t) else f'{c.p_t:.3g}'} | "
+            + (f"[{_num(row['anytime_low'])}, {_num(row['anytime_high'])}] (anytime) | "
+               if v.seeds_added else f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}] | ")
+            + f"{'n/a' if not math.isfinite(c.p_t) else f'{c.p_t:.3g}'} | "
             f"{', '.join(map(str, seeds)) or '-'} ({c.n}) | "
             + (f"x{eff:.2f} (corr {corr:+.2f})" if math.isfinite(eff) else "n/a") + " |", ""]
     if v.seeds_added:
@@ -244,7 +250,8 @@ def write_results(claims: ClaimsFile, analyses: Mapping[str, Analysis | None],
         a = analyses.get(c.spec)
         v = next((v for v in a.verdicts if v.hypothesis.id == c.hypothesis), None) if a else None
         lines.append(f"| {_cell(c.point)} | {_cell(c.hypothesis)} ({_cell(c.spec)}) | "
-                     + (f"{v.outcome} | {agreement(v)} | "
+                     + (f"{v.outcome}{' (anytime-valid)' if v.seeds_added else ''} | "
+                        f"{agreement(v)} | "
                         f"{a.provenance.budget if a.provenance else '-'} |" if v else
                         "not run yet | - | - |"))
     lines.append("")

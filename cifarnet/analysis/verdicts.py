@@ -60,8 +60,8 @@ class ArmLearning:
 class Verdict:
     """One hypothesis answered. `comparison.verdict` is the fixed-n verdict (NO_VERDICT when
     the data cannot answer); the others are the anytime-valid and Holm-adjusted ones.
-    `seeds_added`: the seeds of its arms beyond the spec's `seeds` list, which only
-    `--until-decided` adds; `outcome` is the verdict to read."""
+    `seeds_added`: the seeds of its arms that `--until-decided` added (`added_seeds`);
+    `outcome` is the verdict to read."""
 
     hypothesis: Hypothesis
     a_cell: str
@@ -218,13 +218,15 @@ def arm_predictions(runs: pd.DataFrame, cell: str,
     return {int(s): predictions[r] for s, r in zip(ok["seed"], ok["run_id"]) if r in predictions}
 
 
-def added_seeds(spec: AblationSpec, runs: pd.DataFrame, a: str, b: str) -> tuple[int, ...]:
-    """The seeds of cells `a` and `b`'s FINISHED runs that the spec does not list: seeds
-    `--until-decided` added (`ablation.adaptive`), sorted; () for a grid of fixed seeds."""
-    if not len(runs):
+def added_seeds(runs: pd.DataFrame, a: str, b: str) -> tuple[int, ...]:
+    """The seeds of cells `a` and `b`'s FINISHED runs that `--until-decided` added (column
+    `seed_added`, from each run's tag: recorded when the seed was added, so editing the
+    spec's `seeds` list later changes nothing), sorted; () for a grid of fixed seeds."""
+    if not len(runs) or "seed_added" not in runs:
         return ()
-    ok = runs[runs["cell"].isin([a, b]) & (runs["status"] == "FINISHED")]
-    return tuple(sorted({int(s) for s in ok["seed"]} - set(spec.seeds)))
+    ok = runs[runs["cell"].isin([a, b]) & (runs["status"] == "FINISHED")
+              & runs["seed_added"].fillna(False).astype(bool)]
+    return tuple(sorted({int(s) for s in ok["seed"]}))
 
 
 def analyze(spec: AblationSpec, runs: pd.DataFrame,
@@ -249,10 +251,13 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
         why = "tuning incomplete: rerun the grid to finish its studies and verdict runs"
         verdicts = [replace(v, comparison=_no_verdict(v.comparison, why), why_no_verdict=why)
                     if {v.a_cell, v.b_cell} & untuned else v for v in verdicts]
-    verdicts = [replace(v, seeds_added=added_seeds(spec, runs, v.a_cell, v.b_cell))
+    verdicts = [replace(v, seeds_added=added_seeds(runs, v.a_cell, v.b_cell))
                 for v in verdicts]
-    adjusted = holm_adjust([v.p_verdict for v in verdicts])
-    verdicts = [replace(v, p_holm=p, verdict_holm=adjusted_verdict(v.comparison.verdict, p))
+    # a hypothesis with added seeds has no valid fixed-n p-value: it enters Holm's family as
+    # p = 1 (the others are adjusted for it) and gets no Holm verdict (read its anytime one)
+    adjusted = holm_adjust([1.0 if v.seeds_added else v.p_verdict for v in verdicts])
+    verdicts = [replace(v, p_holm=math.nan, verdict_holm=Outcome.NO_VERDICT) if v.seeds_added
+                else replace(v, p_holm=p, verdict_holm=adjusted_verdict(v.comparison.verdict, p))
                 for v, p in zip(verdicts, adjusted)]
     effects: list[Effect] = []
     if spec.factors and all(len(v) == 2 for v in spec.factors.values()):
@@ -354,7 +359,8 @@ def hypotheses_table(analysis: Analysis) -> pd.DataFrame:
             "why_no_verdict": v.why_no_verdict, "paired": c.paired,
             "seeds_needed": (c.seeds_needed if c.seeds_needed is not None and not v.seeds_added
                              else math.nan),
-            "p_verdict": v.p_verdict, "p_holm": v.p_holm, "verdict_holm": str(v.verdict_holm),
+            "p_verdict": v.p_verdict, "p_holm": v.p_holm,
+            "verdict_holm": "n/a (seeds added)" if v.seeds_added else str(v.verdict_holm),
             "anytime_low": v.ci_anytime[0] * scale, "anytime_high": v.ci_anytime[1] * scale,
             "verdict_anytime": str(v.verdict_anytime),
             "a_did_not_learn": v.a_learning.label(), "b_did_not_learn": v.b_learning.label(),

@@ -156,8 +156,12 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
     from cifarnet.training.checkpoint import resume_point
     from cifarnet.training.loop import METRICS, default_run_dir, train
 
-    if data_path is not None and "data.path" in parse_assignments(assignments):
+    given = parse_assignments(assignments)
+    if data_path is not None and "data.path" in given:
         raise UserError("--data: data.path is also given by --set; give it once")
+    if run_dir is not None and "train.out_dir" in given:
+        raise UserError("--run-dir: the run folder is given, so --set train.out_dir (the "
+                        "folder of run folders) would be ignored; give one of them")
     cfg = load_config(config_file, assignments)
     if data_path is not None:
         cfg = cfg.replace({"data.path": data_path})
@@ -241,8 +245,9 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     spec = load_spec(spec_path)
     if assignments:  # run-config keys into the base; tune.* into the tune block
         spec = spec.with_sets(assignments)
-    check_seed_options(spec, until_decided, max_seeds_given=click.get_current_context()
-                       .get_parameter_source("max_seeds") is not ParameterSource.DEFAULT)
+    max_seeds_source = click.get_current_context().get_parameter_source("max_seeds")
+    check_seed_options(spec, until_decided, max_seeds,
+                       max_seeds_given=max_seeds_source is not ParameterSource.DEFAULT)
     if until_decided and len(spec.cells()) * max_seeds > MAX_RUNS:
         raise UserError(f"--max-seeds: {len(spec.cells())} cell(s) x {max_seeds} seeds is more "
                         f"than the limit of {MAX_RUNS:,} runs per grid")
@@ -390,14 +395,18 @@ def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
     if parent is None:
         click.echo(f"error: no worker finished (exit codes {codes})", err=True)
         sys.exit(1)
+    total = len(jobs)
     if spec.hypotheses:
-        grid = find_parent_run(spec.name, workspace, run_id=parent)
-        table_console().print(verdict_table(analyze_grid(grid, with_history=False)))
+        analysis = analyze_grid(find_parent_run(spec.name, workspace, run_id=parent),
+                                with_history=False)
+        table_console().print(verdict_table(analysis))
+        if len(analysis.runs):  # the jobs of the seeds --until-decided added count too
+            total = max(total, int(analysis.runs["config_hash"].nunique()))
     else:
         click.echo(no_hypotheses_line(spec))
     finished, failed = result.count(0), result.count(2)
     click.echo(f"{spec.name}: {finished} run(s) finished here by {workers} workers, "
-               f"{len(jobs) - finished - failed} already done, {failed} failed; "
+               f"{max(0, total - finished - failed)} already done, {failed} failed; "
                f"parent run {parent}")
     if any(codes):
         sys.exit(1)
@@ -412,13 +421,19 @@ def _cuda_devices(spec: Any) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_seed_options(spec: Any, until_decided: bool, max_seeds_given: bool) -> None:
+def check_seed_options(spec: Any, until_decided: bool, max_seeds: int,
+                       max_seeds_given: bool) -> None:
     """Refuse the seed options that would be silently ignored (UserError naming the option):
-    `--max-seeds` without `--until-decided`, and `--until-decided` on a spec that declares no
-    hypotheses (nothing to decide: the grid would run its own seeds and stop)."""
+    `--max-seeds` without `--until-decided`, `--until-decided` on a spec that declares no
+    hypotheses (nothing to decide: the grid would run its own seeds and stop), and a
+    `--max-seeds` no larger than the spec's seed count (no seed could be added)."""
     if max_seeds_given and not until_decided:
         raise UserError("--max-seeds: read only with --until-decided; add --until-decided or "
                         "drop --max-seeds")
+    if until_decided and max_seeds <= len(spec.seeds):
+        raise UserError(f"--max-seeds: {max_seeds} is not more than the spec's "
+                        f"{len(spec.seeds)} seeds, so --until-decided could add none; give "
+                        f"at least {len(spec.seeds) + 1}")
     if until_decided and not spec.hypotheses:
         raise UserError(f"--until-decided: spec {spec.name} declares no hypotheses, so there "
                         "is nothing to decide; add `hypotheses:` to the spec or drop "
@@ -627,7 +642,10 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
                       "--out")
     files = write_report(analysis, out, formats or FORMATS)
     log_report(grid, files)
-    table_console().print(verdict_table(analysis))
+    if analysis.spec.hypotheses:
+        table_console().print(verdict_table(analysis))
+    else:
+        click.echo(no_hypotheses_line(analysis.spec))
     for f in files:
         click.echo(str(f))
 

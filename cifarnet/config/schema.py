@@ -214,9 +214,14 @@ class RunConfig:
         the same experiment on two machines has one identity. `train.precision` enters as
         the precision the run resolves to on this machine (`auto` becomes bf16 or fp32):
         bf16 changes results, and until a measurement shows the change is within noise, a
-        bf16 run and an fp32 run are different runs.
+        bf16 run and an fp32 run are different runs. A key that the chosen
+        `train.schedule` does not read (`UNREAD_BY_SCHEDULE`) enters at its default, so that
+        two configs that train identically have one identity.
         """
-        canon = {k: v for k, v in self.flatten().items() if _field_meta(k).get("hashed", True)
+        flat = self.flatten()
+        for key in UNREAD_BY_SCHEDULE.get(self.train.schedule, ()):
+            flat[key] = _default(key)
+        canon = {k: v for k, v in flat.items() if _field_meta(k).get("hashed", True)
                  and not (_field_meta(k).get("hashed_when_set") and v == _default(k))}
         if canon.get("train.precision") == Precision.AUTO:
             from cifarnet.training.device import resolve_precision, select_device
@@ -236,6 +241,13 @@ def _plain_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+# train.schedule -> the keys of the other schedules, which it does not read
+UNREAD_BY_SCHEDULE: dict[str, tuple[str, ...]] = {
+    "onecycle": ("train.step_epochs", "train.step_gamma"),
+    "cosine": ("train.warmup_frac", "train.step_epochs", "train.step_gamma"),
+    "constant": ("train.warmup_frac", "train.step_epochs", "train.step_gamma"),
+    "step": ("train.warmup_frac",),
+}
 
 
 def _field_meta(dotted: str) -> Mapping[str, Any]:
@@ -426,6 +438,11 @@ def _check_combinations(cfg: "RunConfig", where: str = "") -> None:
     """Refuse values that are each valid but impossible together, naming the key that
     asks for what the other forbids."""
     t, d = cfg.train, cfg.data
+    if d.source == "cifar10" and d.path is not None:
+        raise ConfigError(
+            f"{where}data.path: {shown(d.path)} is not read with data.source=cifar10 "
+            "(torchvision's CIFAR-10); set data.source=imagefolder (or auto) to train on it, "
+            "or drop data.path")
     if d.augment_ramp_frac + d.flip_only_frac > 1.0:
         raise ConfigError(
             f"{where}data.augment_ramp_frac: {d.augment_ramp_frac:g} plus data.flip_only_frac "

@@ -36,7 +36,7 @@ from cifarnet.tracking.startup import store_lock
 from cifarnet.tracking.urls import check_userinfo, masked, scrubbed
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING)
-JOB_ATTRS = ("config_hash", "cell", "seed", "config")
+JOB_ATTRS = ("config_hash", "cell", "seed", "config", "added")
 
 
 def quiet_optuna() -> None:
@@ -206,6 +206,7 @@ class QueuedJob:
     cell: str
     seed: int
     config: dict[str, Any]
+    added: bool = False  # a seed --until-decided added (`ablation.spec.Job.added`)
 
 
 class Heartbeat:
@@ -306,7 +307,7 @@ class JobQueue:
         self.storage.record_heartbeat(trial_id)
         a = self._user_attrs(trial_id)
         return QueuedJob(number, trial_id, a["config_hash"], a["cell"], int(a["seed"]),
-                         json.loads(a["config"]))
+                         json.loads(a["config"]), bool(a.get("added", False)))
 
     def _user_attrs(self, trial_id: int) -> dict[str, Any]:
         stmt = sa.select(TrialUserAttributeModel.key, TrialUserAttributeModel.value_json).where(

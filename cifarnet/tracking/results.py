@@ -6,7 +6,8 @@
 Both functions read the store of a `Workspace` (default: the working directory's, as the CLI
 resolves it).
 
-Columns: run_id, status, cell, seed, config_hash, every logged param as `params.<key>`, every
+Columns: run_id, status, cell, seed, seed_added (True for a seed `--until-decided` added beyond
+the spec's list: tag `cifarnet.seed_added`), config_hash, every logged param as `params.<key>`, every
 final metric as `metrics.<name>`, and `history` (test accuracy per epoch) when asked for.
 """
 
@@ -37,6 +38,7 @@ from cifarnet.tracking.tags import (
     TAG_HASH,
     TAG_ROLE,
     TAG_SEED,
+    TAG_SEED_ADDED,
     Role,
 )
 from cifarnet.workspace import Workspace
@@ -169,15 +171,19 @@ def load_runs(spec_or_experiment: str | ParentRun, with_history: bool = False,
         latest = ~df[done].duplicated(subset=[f"tags.{TAG_HASH}"], keep="last")
         df = pd.concat([df[~done], df[done][latest]])  # one FINISHED run per job
     if df.empty:
-        return pd.DataFrame(columns=["run_id", "status", "cell", "seed", "config_hash"])
+        return pd.DataFrame(columns=["run_id", "status", "cell", "seed", "seed_added",
+                                     "config_hash"])
     df = df.rename(columns={f"tags.{TAG_CELL}": "cell", f"tags.{TAG_HASH}": "config_hash"})
     df["seed"] = df[f"tags.{TAG_SEED}"].astype(int)
+    df["seed_added"] = (df[f"tags.{TAG_SEED_ADDED}"] == "true" if f"tags.{TAG_SEED_ADDED}"
+                        in df.columns else False)
     if with_history:
         from cifarnet.tracking.client import mlflow_client
 
         client = mlflow_client(grid.workspace.tracking_uri)
         df["history"] = [_history(client, rid) for rid in df["run_id"]]
-    keep = ["run_id", "status", "cell", "seed", "config_hash", "start_time", "end_time"]
+    keep = ["run_id", "status", "cell", "seed", "seed_added", "config_hash", "start_time",
+            "end_time"]
     rest = [c for c in df.columns if c.startswith(("params.", "metrics.", "tags."))]
     extra = ["history"] if with_history else []
     return df[keep + extra + rest].sort_values(["cell", "seed"]).reset_index(drop=True)

@@ -13,6 +13,9 @@ TAG_SPEC = "cifarnet.spec"
 TAG_HASH = "cifarnet.config_hash"
 TAG_CELL = "cifarnet.cell"
 TAG_SEED = "cifarnet.seed"
+# "true" on a run whose seed `--until-decided` added beyond the spec's list (the optional
+# stopping that makes its hypothesis read the anytime-valid verdict); absent otherwise
+TAG_SEED_ADDED = "cifarnet.seed_added"
 TAG_REASON = "cifarnet.failure_reason"
 TAG_STATUS = "cifarnet.status"
 TAG_TRIAL = "cifarnet.queue_trial"
