@@ -162,6 +162,8 @@ def test_an_option_that_would_be_ignored_is_refused(here, tiny_tree) -> None:
                    "--set", f"train.out_dir={here / 'o'}"],
             "--run-dir: the run folder is given, so --set train.out_dir")
     assert not (here / "r").exists() and not (here / "o").exists()
+    refused(here, ["train", "--data", str(here / "missing"), "--run-dir", str(here / "r")], "")
+    assert not (here / "r").exists()  # the run folder was made before the data was looked at
     # the valid forms are not refused, and a spec without hypotheses says it gives no verdict
     r = CliRunner().invoke(main, ["run", str(spec), "--until-decided", "--max-seeds", "4",
                                   "--dry-run", "--set", f"data.path={tiny_tree}"])

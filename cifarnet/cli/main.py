@@ -166,8 +166,8 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
     if data_path is not None:
         cfg = cfg.replace({"data.path": data_path})
     console = Console(stderr=True)
-    folder = make_folder(Path(run_dir) if run_dir is not None else default_run_dir(cfg),
-                         "--run-dir" if run_dir is not None else "train.out_dir")
+    folder, folder_key = ((Path(run_dir), "--run-dir") if run_dir is not None
+                          else (default_run_dir(cfg), "train.out_dir"))
     if resume:
         point = resume_point(folder, cfg.hash(), cfg.train.epochs)
         click.echo(point.message(), err=True)
@@ -177,6 +177,7 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
             click.echo(f"metrics: {result.run_dir / METRICS}")
             return
     data = load_data(cfg.data, DecodeProgress(console).update)
+    make_folder(folder, folder_key)  # after the data is found: bad data writes no folder
     console.print(f"[bold]{escape(data.label)}[/]: {len(data.train):,} train, "
                   f"{len(data.val) if data.val else 0:,} val, {len(data.test):,} test images; "
                   f"config {cfg.hash()[:12]}")
