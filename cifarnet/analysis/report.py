@@ -245,7 +245,10 @@ HOLM = ("With several hypotheses, the chance that at least one verdict is wrong 
         "their number; Holm's adjustment (Holm 1979) keeps that chance at 5% for the whole "
         "spec, and 'verdict (Holm)' is what survives it. A hypothesis with seeds added by "
         "--until-decided has no valid fixed-n p-value: it counts in the family as p = 1 and "
-        "its Holm verdict is n/a.")
+        "its Holm verdict is n/a. 'p (verdict)' is the p-value the fixed-n verdict rests on "
+        "(the one-sided t-test of its interval condition, against 0 or the rope; the smaller "
+        "of the supported and refuted tests' when inconclusive), the one Holm adjusts; "
+        "'p (t)' above is the two-sided test of a - b = 0.")
 ANYTIME = ("'verdict (anytime)' uses a 95% confidence sequence (Lai 1976; Howard et al. 2021) "
            "that holds at every number of seeds at once: it is the verdict to read when seeds "
            "were added with --until-decided, whose stopping rule it is, and the 'verdict' "
