@@ -83,7 +83,7 @@ def plot_differences(analysis: Analysis, path: Path) -> Path:
     to read (`Verdict.outcome`; with seeds added by --until-decided also the anytime-valid
     confidence sequence that verdict comes from, as a thin line)."""
     n = max(1, len(analysis.verdicts))
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 1.1 * n))
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 1.1 * n))
     any_cs = False
     for i, v in enumerate(analysis.verdicts):
         c, scale = v.comparison, (100 if v.hypothesis.metric.endswith("_acc") else 1)
@@ -115,8 +115,10 @@ def plot_differences(analysis: Analysis, path: Path) -> Path:
                         for v in reversed(analysis.verdicts)] or [""], fontsize=8)
     ax.set_xlabel("a - b (accuracy points); bar = 95% CI, diamond = mean")
     ax.set_title(_title(analysis, "paired differences"), fontsize=10)
-    if analysis.verdicts:  # no hypotheses: nothing labelled to list
-        ax.legend(fontsize=8, loc="lower right")
+    if analysis.verdicts:  # no hypotheses: nothing labelled to list; below the axes, so
+        # that it never covers a difference or an interval
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3,
+                  frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
