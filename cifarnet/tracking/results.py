@@ -7,8 +7,9 @@ Both functions read the store of a `Workspace` (default: the working directory's
 resolves it).
 
 Columns: run_id, status, cell, seed, seed_added (True for a seed `--until-decided` added beyond
-the spec's list: tag `cifarnet.seed_added`), config_hash, every logged param as `params.<key>`, every
-final metric as `metrics.<name>`, and `history` (test accuracy per epoch) when asked for.
+the spec's list: tag `cifarnet.seed_added`), config_hash, every logged param as
+`params.<key>`, every final metric as `metrics.<name>`, and `history` (test accuracy per epoch)
+when asked for.
 """
 
 from __future__ import annotations
