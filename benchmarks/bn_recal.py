@@ -34,21 +34,17 @@ from cifarnet.model.cifarnet import CifarNet
 from cifarnet.training.bn import recal_images, recalibrate_bn
 from cifarnet.training.device import autocast_for, memory_format_for, resolve_precision
 from cifarnet.training.evaluation import evaluate
-from cifarnet.training.loop import CHECKPOINT, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_benchmark, interval_text  # noqa: E402
+from common import append_benchmark, final_weights, interval_text  # noqa: E402
 
 
 def final_accuracies(cfg: RunConfig, data: Dataset, batches: list[int]) -> dict[int, float]:
     """Train `cfg` without recalibration; test accuracy of its final weights per N."""
-    result = train(cfg.replace({"train.bn_recal_batches": 0}), data=data, resume=True)
-    if result.status != "finished":
-        raise SystemExit(f"seed {cfg.train.seed}: run {result.status}: {result.reason}")
+    _, weights = final_weights(cfg.replace({"train.bn_recal_batches": 0}), data)
     device = torch.device("cpu")
     precision = resolve_precision(cfg.train.precision, device)
     fmt = memory_format_for(device, cfg.train.channels_last)
-    weights = torch.load(result.run_dir / CHECKPOINT, weights_only=True)["model"]
     test = eval_batches(data.test, data.mean, data.std, device)
     t = cfg.train
     out = {}

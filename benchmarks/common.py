@@ -48,6 +48,19 @@ def interval_text(values: list[float], digits: int = 4) -> str:
             else "n/a")
 
 
+def final_weights(cfg, data):
+    """Train `cfg` on `data` on the CPU, or find it finished in its run folder (resumed, not
+    trained again); (its RunResult, the final checkpoint's model state dict: the weights and
+    BatchNorm statistics as the run evaluated them). Exits with one line unless it finished.
+    For the benchmarks that evaluate the same final weights several ways."""
+    from cifarnet.training.loop import CHECKPOINT, train
+
+    result = train(cfg, data=data, resume=True)
+    if result.status != "finished":
+        raise SystemExit(f"seed {cfg.train.seed}: run {result.status}: {result.reason}")
+    return result, torch.load(result.run_dir / CHECKPOINT, weights_only=True)["model"]
+
+
 def append_benchmark(title: str, lines: list[str], path: Path = BENCHMARKS_MD) -> None:
     """Append one section to BENCHMARKS.md (or to `path`, e.g. a scratch copy)."""
     today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

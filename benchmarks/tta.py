@@ -35,10 +35,9 @@ from cifarnet.data.loaders import eval_batches
 from cifarnet.model.cifarnet import CifarNet
 from cifarnet.training.device import autocast_for, memory_format_for, resolve_precision
 from cifarnet.training.evaluation import evaluate
-from cifarnet.training.loop import CHECKPOINT, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_benchmark, interval_text  # noqa: E402
+from common import append_benchmark, final_weights, interval_text  # noqa: E402
 
 
 def variants(translate: list[int]) -> list[tuple[str, bool, int]]:
@@ -51,14 +50,12 @@ def final_accuracies(cfg: RunConfig, data: Dataset, tried: list[tuple[str, bool,
                      ) -> tuple[dict[str, float], float]:
     """Train `cfg` (or find it finished); test accuracy of its final weights under each TTA
     of `tried`, and the test accuracy the run recorded."""
-    result = train(cfg, data=data, resume=True)
-    if result.status != "finished":
-        raise SystemExit(f"seed {cfg.train.seed}: run {result.status}: {result.reason}")
+    result, weights = final_weights(cfg, data)
     device = torch.device("cpu")
     precision = resolve_precision(cfg.train.precision, device)
     fmt = memory_format_for(device, cfg.train.channels_last)
     model = CifarNet(cfg.model, num_classes=len(data.classes))
-    model.load_state_dict(torch.load(result.run_dir / CHECKPOINT, weights_only=True)["model"])
+    model.load_state_dict(weights)
     model.to(device, memory_format=fmt)
     test = eval_batches(data.test, data.mean, data.std, device)
     out = {label: evaluate(model, test, len(data.classes), autocast_for(device, precision),

@@ -104,13 +104,13 @@ def test_off_by_default_and_the_default_identity_is_unchanged() -> None:
 # --- flip test-time augmentation ----------------------------------------------------------
 
 class Lopsided(nn.Module):
-    """A linear classifier over pixels that sees left and right differently, returning
-    log-probabilities like CifarNet."""
+    """A linear classifier over the pixels of `size` x `size` images that sees left and
+    right (and shifted images) differently, returning log-probabilities like CifarNet."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 4) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.fc = nn.Linear(3 * 4 * 4, 3)
+        self.fc = nn.Linear(3 * size * size, 3)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.flatten(1))
@@ -144,22 +144,6 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror() -> None:
     assert plain_loss != pytest.approx(loss)
 
 
-class Shifty(nn.Module):
-    """A linear classifier over the pixels of 6x6 images: sensitive to left/right and to
-    shifts, returning log-probabilities like CifarNet."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(3 * 6 * 6, 3)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.logits(x), dim=1)
-
-
 def _reflect_shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """img [C, H, W] moved by (dy, dx) pixels, the uncovered border filled by reflection,
     written index by index (numpy's 'reflect' mode: the edge pixel is not repeated)."""
@@ -176,7 +160,7 @@ def _reflect_shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 def test_translation_tta_averages_the_shifted_views_as_airbench_does(flip) -> None:
     """1/2 the image + 1/4 it moved 1 pixel down-right + 1/4 it moved up-left (each view
     flip-averaged with flip TTA), by hand, against `evaluate(..., tta_translate=1)`."""
-    model = Shifty()
+    model = Lopsided(size=6)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(48, 3, 6, 6, generator=g)
     y = torch.randint(0, 3, (48,), generator=g)

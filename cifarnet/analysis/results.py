@@ -101,8 +101,7 @@ def agreement(v: Verdict) -> str:
         return "disagrees: the evidence refutes the claim"
     if outcome == Outcome.INCONCLUSIVE:
         need = v.comparison.seeds_needed
-        more = (f"; about {need} seeds would decide" if need and need > v.comparison.n
-                and not v.seeds_added else "")
+        more = f"; about {need} seeds would decide" if need and need > v.comparison.n else ""
         which = "the anytime-valid interval" if v.seeds_added else "the interval"
         return f"undecided: {which} spans the claim's boundary at this budget{more}"
     return f"no verdict ({v.why_no_verdict or v.comparison.note or 'the data cannot answer'})"

@@ -229,6 +229,14 @@ def added_seeds(runs: pd.DataFrame, a: str, b: str) -> tuple[int, ...]:
     return tuple(sorted({int(s) for s in ok["seed"]}))
 
 
+def _with_added_seeds(v: Verdict, added: tuple[int, ...]) -> Verdict:
+    """`v` with its added seeds; with any, no fixed-n "~N seeds would decide" (that count
+    assumes a fixed design, not seeds added until a verdict comes)."""
+    if not added:
+        return v
+    return replace(v, seeds_added=added, comparison=replace(v.comparison, seeds_needed=None))
+
+
 def analyze(spec: AblationSpec, runs: pd.DataFrame,
             source: GridSource | None = None,
             predictions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
@@ -251,8 +259,7 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
         why = "tuning incomplete: rerun the grid to finish its studies and verdict runs"
         verdicts = [replace(v, comparison=_no_verdict(v.comparison, why), why_no_verdict=why)
                     if {v.a_cell, v.b_cell} & untuned else v for v in verdicts]
-    verdicts = [replace(v, seeds_added=added_seeds(runs, v.a_cell, v.b_cell))
-                for v in verdicts]
+    verdicts = [_with_added_seeds(v, added_seeds(runs, v.a_cell, v.b_cell)) for v in verdicts]
     # a hypothesis with added seeds has no valid fixed-n p-value: it enters Holm's family as
     # p = 1 (the others are adjusted for it) and gets no Holm verdict (read its anytime one)
     adjusted = holm_adjust([1.0 if v.seeds_added else v.p_verdict for v in verdicts])
@@ -357,8 +364,7 @@ def hypotheses_table(analysis: Analysis) -> pd.DataFrame:
             "verdict": str(v.outcome), "verdict_fixed_n": str(c.verdict),
             "seeds_added": " ".join(map(str, v.seeds_added)),
             "why_no_verdict": v.why_no_verdict, "paired": c.paired,
-            "seeds_needed": (c.seeds_needed if c.seeds_needed is not None and not v.seeds_added
-                             else math.nan),
+            "seeds_needed": c.seeds_needed if c.seeds_needed is not None else math.nan,
             "p_verdict": v.p_verdict, "p_holm": v.p_holm,
             "verdict_holm": "n/a (seeds added)" if v.seeds_added else str(v.verdict_holm),
             "anytime_low": v.ci_anytime[0] * scale, "anytime_high": v.ci_anytime[1] * scale,
