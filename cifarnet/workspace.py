@@ -41,7 +41,8 @@ class Workspace:
         return cls(root=root,
                    tracking_uri=(env.get("MLFLOW_TRACKING_URI")
                                  or f"sqlite:///{local / 'mlflow.db'}"),
-                   storage_url=env.get("CIFARNET_STORAGE") or f"sqlite:///{local / 'optuna.db'}",
+                   storage_url=(env.get("CIFARNET_STORAGE")
+                                or f"sqlite:///{local / 'optuna.db'}"),
                    specs_dir=root / "experiments", reports_dir=root / "reports")
 
     @property
@@ -60,6 +61,20 @@ class Workspace:
         folder `mlruns/`, else `MLFLOW_TRACKING_URI`, the variable that chose another store
         (naming the variable when it was never set misled the reader)."""
         return "mlruns/" if self.local_tracking else "MLFLOW_TRACKING_URI"
+
+    @property
+    def embedded_storage_url(self) -> str:
+        """The embedded Optuna storage, SQLite at `<root>/mlruns/optuna.db`."""
+        return f"sqlite:///{self.local_root / 'optuna.db'}"
+
+    def storage_key(self, url: str) -> str:
+        """What an error about the Optuna storage `url` names as its key: `mlruns/` for the
+        embedded storage, `CIFARNET_STORAGE` when that variable chose `url`, else `--storage`
+        (the command line chose it). Before, every error said `--storage`, also to a user who
+        had only set the variable."""
+        if url == self.embedded_storage_url:
+            return "mlruns/"
+        return "CIFARNET_STORAGE" if url == self.storage_url else "--storage"
 
     def artifact_location(self, experiment: str) -> str | None:
         """Where a new experiment keeps its artifacts: under `mlruns/artifacts/<name>` for the

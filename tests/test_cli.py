@@ -117,3 +117,38 @@ def test_commands_without_a_run_stop_on_a_signal_with_one_line(monkeypatch, tmp_
     assert r.exit_code == 128 + getattr(signal, sig), r.output
     assert r.output == f"interrupted: {what}\n"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+@pytest.mark.parametrize(("command", "where", "what"), [
+    ("run", "cifarnet.ablation.runner.run_spec",
+     "the grid stopped (a run in progress ends KILLED); rerun to continue"),
+    ("search", "cifarnet.search.study.run_search",
+     "the search stopped (a trial in progress ends KILLED); rerun to continue the same study"),
+])
+def test_a_stop_before_any_run_claims_no_killed_run(monkeypatch, tmp_path, command, where,
+                                                    what) -> None:
+    """Stopped while opening its stores, before any run had started, `run` said "the
+    current run was ended KILLED" (and `search` the same of a trial): there was none."""
+    import importlib
+    import os
+    import signal
+
+    import yaml
+    from helpers import make_tree, search_spec
+
+    monkeypatch.chdir(tmp_path)
+    tree = make_tree(tmp_path / "data", per_class_train=12, per_class_test=1)
+    spec = (search_spec(tree, tmp_path) if command == "search" else
+            {"name": "t", "base": {"data": {"path": str(tree)}, "train": {"epochs": 1}},
+             "factors": {"model.residual_add": [True, False]}, "seeds": [0]})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    module, name = where.rsplit(".", 1)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, signalled)
+    r = CliRunner().invoke(main, [command, "s.yaml"])
+    assert r.exit_code == 128 + signal.SIGINT, r.output
+    assert r.stderr.strip().splitlines()[-1] == f"interrupted: {what}"

@@ -11,7 +11,7 @@ import optuna
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import search_spec
+from helpers import make_tree, search_spec
 
 from cifarnet.cli.main import main
 from cifarnet.search.spec import parse_search_spec
@@ -164,6 +164,12 @@ def test_an_option_that_would_be_ignored_is_refused(here, tiny_tree) -> None:
     assert not (here / "r").exists() and not (here / "o").exists()
     refused(here, ["train", "--data", str(here / "missing"), "--run-dir", str(here / "r")], "")
     assert not (here / "r").exists()  # the run folder was made before the data was looked at
+    # `summary` reads the model alone: `--set train.lr=1` printed the same table
+    refused(here, ["summary", "--set", "train.lr=1"],
+            "train.lr: summary describes the model only (model.* keys)")
+    refused(here, ["summary", "--set", "trian.lr=1"], "trian.lr: unknown key")
+    ok = CliRunner().invoke(main, ["summary", "--set", "model.dilation=1"])
+    assert ok.exit_code == 0 and "75 px" in ok.output
     # the valid forms are not refused, and a spec without hypotheses says it gives no verdict
     r = CliRunner().invoke(main, ["run", str(spec), "--until-decided", "--max-seeds", "4",
                                   "--dry-run", "--set", f"data.path={tiny_tree}"])
@@ -300,6 +306,36 @@ def test_a_dry_run_checks_the_storage_it_will_not_open(here, url, starts) -> Non
     """`--dry-run` printed its plan for any `--storage`; the real run then failed on it."""
     spec = write(here, yaml.safe_dump(GRID))
     refused(here, ["run", str(spec), "--dry-run", "--storage", url], starts)
+
+
+@pytest.mark.parametrize(("env", "args", "starts"), [
+    ({"CIFARNET_STORAGE": "bogus://x"}, ["--dry-run"], "CIFARNET_STORAGE bogus://x: cannot use"),
+    ({"CIFARNET_STORAGE": "sqlite:///{here}/nope/o.db"}, [],
+     "CIFARNET_STORAGE sqlite:///{here}/nope/o.db: the folder {here}/nope does not exist"),
+    ({}, ["--storage", "sqlite:///{here}/nope/o.db"],
+     "--storage sqlite:///{here}/nope/o.db: the folder {here}/nope does not exist"),
+    ({"MLFLOW_TRACKING_URI": "sqlite:///{here}/nope/m.db"}, [],
+     "MLflow tracking store sqlite:///{here}/nope/m.db: the folder {here}/nope does not exist"),
+])
+def test_a_store_error_names_what_chose_the_store(here, monkeypatch, env, args,
+                                                  starts) -> None:
+    """Every storage error said `--storage`, also to a user who had only set
+    CIFARNET_STORAGE; and the folder of a SQLite store the user named was created when it
+    was missing, so a mistyped path ran on a new, empty store. The folder stays uncreated."""
+    tree = make_tree(here / "data", per_class_train=2, per_class_test=1)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(here=here))
+    spec = write(here, yaml.safe_dump({**GRID, "base": {**GRID["base"],
+                                                        "data": {"path": str(tree)}}}))
+    refused(here, ["run", str(spec), *(a.format(here=here) for a in args)],
+            starts.format(here=here))
+    assert not (here / "nope").exists()
+
+
+def test_search_report_names_the_storage_folder_it_will_not_make(here) -> None:
+    refused(here, ["search-report", "lr_aug", "--storage", f"sqlite:///{here}/nope/o.db"],
+            f"--storage sqlite:///{here}/nope/o.db: the folder {here}/nope does not exist")
+    assert not (here / "nope").exists()
 
 
 def test_ui_port_and_preset_are_checked(here) -> None:

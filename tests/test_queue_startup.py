@@ -19,6 +19,7 @@ from helpers import EXE, children, runs_df, write_spec
 from cifarnet.ablation.spec import load_spec
 from cifarnet.data.datasets import preload_data
 from cifarnet.errors import StoreError
+from cifarnet.queue.jobs import make_storage
 from cifarnet.queue.retry import is_startup_race, is_transient, retry_setup, retry_startup
 from cifarnet.tracking.startup import init_tracking_store, store_lock
 
@@ -152,6 +153,7 @@ def test_two_runs_0_2_s_apart_in_an_empty_folder(tiny_tree, tmp_path) -> None:
 
 def test_init_tracking_store_creates_the_store_once(tmp_path) -> None:
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    (tmp_path / "new").mkdir()  # the folder of a store the user names is not made for it
     init_tracking_store(uri)
     with sqlite3.connect(tmp_path / "new" / "mlflow.db") as con:
         tables = {n for (n,) in con.execute("select name from sqlite_master")}
@@ -171,8 +173,8 @@ def test_sqlite_lock_is_held_beside_the_file_and_times_out_naming_the_store(tmp_
     url = f"sqlite:///{tmp_path / 'a' / 'optuna.db'}"
     held, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
-        with store_lock(url, "optuna"):
+    def hold() -> None:  # the embedded store's folder is made; a named one's is not
+        with store_lock(url, "optuna", create_folder=True):
             held.set()
             release.wait(10)
 
@@ -341,3 +343,14 @@ def test_a_storage_created_at_once_by_a_program_outside_our_lock_opens(tmp_path)
         assert out.split("\n").count("") == 1 and out.count("opened") == rounds
     for p in procs[:2]:
         p.communicate(timeout=60)
+
+
+def test_a_named_sqlite_stores_missing_folder_is_refused_not_made(tmp_path) -> None:
+    """`--storage sqlite:////typo/dir/o.db` made /typo/dir and ran on a new, empty store."""
+    url = f"sqlite:///{tmp_path / 'typo' / 'o.db'}"
+    with pytest.raises(StoreError, match=f"^{url}: the folder {tmp_path / 'typo'} does not "):
+        with store_lock(url, "optuna"):
+            pass
+    with pytest.raises(StoreError, match="^--storage sqlite:.*: the folder .* does not exist"):
+        make_storage(url)
+    assert not (tmp_path / "typo").exists()

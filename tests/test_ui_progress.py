@@ -197,3 +197,29 @@ def test_a_narrow_terminal_keeps_every_bars_count_and_eta(width) -> None:
     assert "0/12" in lines[0] and lines[0].rstrip().endswith("ETA 70:00:00")
     assert "0/30" in lines[1] and lines[1].rstrip().endswith("ETA 1:00:00")
     assert all(len(line) <= width for line in lines)
+
+
+def test_a_cut_label_keeps_the_runs_seed() -> None:
+    """At 80 columns the label was cut at its end: the runs of one cell showed the same
+    `model.dilation=2 model…`, their seeds lost."""
+    import io
+
+    from rich.console import Console
+
+    from cifarnet.cli.progress import GridProgress, fit_label
+
+    assert fit_label("dilation=2,residual_add=true seed=10", 16) == "dilatio\u2026 seed=10"
+    assert fit_label("tune dilation=2 trial 3", 16) == "tune di\u2026 trial 3"
+    assert fit_label("final: best configuration, train + val", 16) == "final: b\u2026n + val"
+    assert fit_label("short seed=1", 16) == "short seed=1"
+    assert fit_label("a long label without a seed", None) == "a long label without a seed"
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, force_terminal=True, color_system=None)
+    grid = GridProgress(console)
+    bar = grid.run_callbacks("dilation=2,residual_add=true seed=2")[0]
+    ctx = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(epochs=3)),
+                          steps_per_epoch=10, start_epoch=1)
+    bar.on_run_start(ctx)
+    console.print(grid.progress.get_renderable())
+    grid.close()
+    assert "seed=2" in buf.getvalue()

@@ -24,7 +24,7 @@ from cifarnet.ablation.estimate import GridEstimate
 from cifarnet.ablation.spec import AblationSpec, Job
 from cifarnet.config.schema import RunConfig, build_config
 from cifarnet.data.datasets import Dataset, data_key, load_data, preload_data
-from cifarnet.queue.jobs import Heartbeat, JobQueue, QueuedJob, make_storage
+from cifarnet.queue.jobs import Heartbeat, JobQueue, QueuedJob, open_storage
 from cifarnet.queue.retry import retry_setup
 from cifarnet.tracking.checkpoints import (
     CheckpointArtifact,
@@ -200,8 +200,10 @@ def open_grid(spec: AblationSpec, workspace: Workspace, storage_url: str,
               listener: GridListener, stop: StopEvent) -> GridContext:
     """Open the queue's storage, then MLflow (so a bad --storage writes nothing), and join
     (or start) the grid's shared parent run."""
-    check_tracking_store(workspace.tracking_uri)  # read-only: before any store is written
-    storage = retry_setup(lambda: make_storage(storage_url, heartbeat_interval, grace_period))
+    check_tracking_store(workspace.tracking_uri,  # read-only: before any store is
+                         create_folder=workspace.local_tracking)  # written
+    storage = retry_setup(lambda: open_storage(workspace, storage_url, heartbeat_interval,
+                                               grace_period))
     client = retry_setup(lambda: setup_mlflow(workspace))
     check_experiment_kind(client, spec.name, ABLATION_ROLES)
     experiment_id = retry_setup(lambda: get_or_create_experiment(client, workspace, spec.name))

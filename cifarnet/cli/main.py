@@ -115,11 +115,15 @@ def summary(assignments: tuple[str, ...], preset: str | None, config_file: str |
             as_json: bool) -> None:
     """Per-layer shapes, parameters, MACs and receptive fields."""
     from cifarnet.config.presets import preset_overrides
-    from cifarnet.config.schema import load_config
+    from cifarnet.config.schema import load_config, parse_assignments
     from cifarnet.model.summary import format_table, summarize
 
     cfg = load_config(config_file, assignments,
                       preset_overrides(preset) if preset else None)
+    for key in parse_assignments(assignments):  # the summary reads the model alone
+        if not key.startswith("model."):
+            raise UserError(f"{key}: summary describes the model only (model.* keys); this "
+                            "key would change nothing")
     s = summarize(cfg.model)
     if as_json:
         click.echo(json.dumps(s.to_dict()))
@@ -261,7 +265,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     if dry_run:
         from cifarnet.queue.jobs import check_storage_url
 
-        check_storage_url(storage or workspace.storage_url)
+        check_storage_url(storage or workspace.storage_url,
+                          workspace.storage_key(storage or workspace.storage_url))
         click.echo(_dry_run_table(spec, jobs))
         click.echo(_dry_run_estimate(spec, jobs, workers, workspace, reuse=not no_reuse))
         for line in _dry_run_power(spec, workspace,
@@ -318,7 +323,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
                 analysis = analysis_now()
         except KeyboardInterrupt:
             display.close()
-            interrupted(request, "the current run was ended KILLED; rerun to continue")
+            interrupted(request, "the grid stopped (a run in progress ends KILLED); rerun "
+                                 "to continue")  # a stop before any run: no run ended so
     display.close()
     if spec.hypotheses and not as_worker:
         table_console().print(verdict_table(analysis))
@@ -794,8 +800,8 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
                              study_callbacks=[display.after_trial])
         except KeyboardInterrupt:
             display.close()
-            interrupted(request, "the current trial was ended KILLED; rerun to continue the "
-                                 "same study")
+            interrupted(request, "the search stopped (a trial in progress ends KILLED); "
+                                 "rerun to continue the same study")
         finally:
             display.close()
     counts = ", ".join(f"{v} {k.lower()}" for k, v in out.trials.items() if v)
@@ -820,15 +826,16 @@ def _supervise_search(spec: Any, argv: list[str], workers: int, workspace: Any,
     from cifarnet.cli.progress import WorkersProgress
     from cifarnet.cli.signals import record_signals
     from cifarnet.cli.workers import supervise
-    from cifarnet.queue.jobs import make_storage
+    from cifarnet.queue.jobs import open_storage
     from cifarnet.search.study import count_trials
     from cifarnet.tracking.startup import check_tracking_store
     from cifarnet.tracking.store import setup_mlflow
 
     # both stores made here, once (the workers only open them); the queue's first, so a bad
     # --storage writes nothing
-    check_tracking_store(workspace.tracking_uri)  # read-only: before any store is written
-    storage = make_storage(storage_url or workspace.storage_url)
+    check_tracking_store(workspace.tracking_uri,  # read-only: before any store is
+                         create_folder=workspace.local_tracking)  # written
+    storage = open_storage(workspace, storage_url)
     setup_mlflow(workspace)
     until = spec.n_trials if n_trials is None else (
         count_trials(f"search.{spec.name}", storage) + n_trials)
@@ -865,7 +872,7 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
 
     quiet_libraries()
     from cifarnet.ablation.spec import SpecError
-    from cifarnet.queue.jobs import make_storage
+    from cifarnet.queue.jobs import open_storage
     from cifarnet.search.report import load_study, markdown, write_plots
     from cifarnet.search.spec import load_search_spec
     from cifarnet.search.study import SPEC_ATTR
@@ -883,7 +890,7 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
     if url == workspace.storage_url and url.startswith("sqlite:///") and not Path(
             url[len("sqlite:///"):]).exists():
         raise UserError(f"{name}: no local study storage at {masked(url)}")
-    study = load_study(name, make_storage(url))
+    study = load_study(name, open_storage(workspace, url))
     stored = study.user_attrs.get(SPEC_ATTR, "")
     if given_file and spec is not None and stored and stored != spec.identity():
         raise UserError(f"name: study {study.study_name} was started from a different spec "

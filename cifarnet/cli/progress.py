@@ -120,6 +120,24 @@ class EtaColumn(ProgressColumn):
         return Text(format_eta(task.fields.get("eta")), style="progress.remaining")
 
 
+def label_width(console: Console) -> int | None:
+    """The width of the label column on a terminal (None: a log, nothing is cut)."""
+    return max(12, console.width // 5) if console.is_terminal else None
+
+
+def fit_label(label: str, width: int | None) -> str:
+    """`label` cut to `width` characters in its middle, keeping its end: a run's label ends
+    with its seed (`dilation=2,residual_add=true seed=1`), a trial's with its number, and
+    a cut at the end (rich's ellipsis) made the runs of one cell look alike on an 80-column
+    terminal. The seed or trial part is kept whole when it fits."""
+    if width is None or len(label) <= width:
+        return label
+    cut = max(label.rfind(" seed="), label.rfind(" trial "))
+    tail = label[cut:] if 0 < cut and len(label) - cut <= width - 4 else label[
+        len(label) - (width - 1) // 2:]
+    return label[:width - 1 - len(tail)] + "\u2026" + tail
+
+
 def _new_progress(console: Console, transient: bool = False) -> Progress:
     """One line a task on a terminal: on a narrow one the label and the status are cut short
     (with an ellipsis), never the count nor the ETA (at 80 columns both were lost, the ETA
@@ -132,13 +150,13 @@ def _new_progress(console: Console, transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}",
                    table_column=Column(no_wrap=True, overflow="ellipsis",
-                                       max_width=max(12, console.width // 5))),
+                                       max_width=label_width(console))),
         BarColumn(bar_width=40 if console.width >= 140 else 10),
         MofNCompleteColumn(table_column=Column(no_wrap=True)),
         TextColumn("{task.fields[status]}",
                    table_column=Column(no_wrap=True, overflow="ellipsis",
                                        max_width=max(12, console.width
-                                                     - max(12, console.width // 5) - 36))),
+                                                     - (label_width(console) or 0) - 36))),
         EtaColumn(table_column=Column(no_wrap=True, min_width=len("ETA 0:00:00"))),
         console=console, transient=transient)
 
@@ -170,8 +188,9 @@ class RichProgress(Callback):
         self.progress = _new_progress(self.console)
         total = ctx.config.train.epochs * ctx.steps_per_epoch
         done = (ctx.start_epoch - 1) * ctx.steps_per_epoch
-        self.task = self.progress.add_task(escape(self.label or "train"), total=total, completed=done,
-                                           status="starting", eta=None)
+        self.task = self.progress.add_task(
+            escape(fit_label(self.label or "train", label_width(self.console))), total=total,
+            completed=done, status="starting", eta=None)
         self.progress.start()
         self.clock = RunClock()
 
@@ -327,8 +346,9 @@ class _RunBar(Callback):
         done = (ctx.start_epoch - 1) * ctx.steps_per_epoch
         self.left = self.total - done
         self.started = time.perf_counter()
-        self.task = self.progress.add_task(escape(self.label), total=self.total, status="starting",
-                                           completed=done, eta=None)
+        self.task = self.progress.add_task(
+            escape(fit_label(self.label, label_width(self.progress.console))),
+            total=self.total, status="starting", completed=done, eta=None)
 
     def on_batch_end(self, ctx: RunContext, epoch: int, step: int, loss) -> None:
         self.progress.advance(self.task)

@@ -34,6 +34,7 @@ from cifarnet.errors import StoreError
 from cifarnet.queue.retry import retry_setup, retry_startup, retrying_methods
 from cifarnet.tracking.startup import store_lock
 from cifarnet.tracking.urls import check_userinfo, masked, scrubbed
+from cifarnet.workspace import Workspace
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING)
 JOB_ATTRS = ("config_hash", "cell", "seed", "config", "added")
@@ -148,41 +149,57 @@ def _end_trial(engine: sa.engine.Engine, trial_id: int, state: TrialState) -> bo
 
 
 def make_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
-                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None, *,
+                 key: str = "--storage", create_folder: bool = False,
                  ) -> optuna.storages.RDBStorage:
     """The Optuna storage at `url` (an SQLAlchemy URL), created or migrated once under the
     store's start-up lock (`store_lock(url, "optuna")`), transient errors and a start-up race
     with a program outside that lock retried (`retry_startup`); heartbeats
     every `heartbeat_interval` s, trials stale after `grace_period` s without one, and
     `on_stale` called for each trial failed as stale (default: enqueue its job again).
-    Raises StoreError (one line, the URL's password masked) when it cannot be opened."""
-    check_userinfo(url, "--storage")
+    A SQLite file's folder is made only with `create_folder` (the embedded storage).
+    Raises StoreError (one line naming `key`, what chose the URL (`Workspace.storage_key`);
+    the URL's password masked) when it cannot be opened."""
+    check_userinfo(url, key)
     try:
-        with store_lock(url, "optuna"):
-            return retry_startup(lambda: _open_storage(url, heartbeat_interval, grace_period,
+        with store_lock(url, "optuna", create_folder=create_folder):
+            return retry_startup(lambda: _rdb_storage(url, heartbeat_interval, grace_period,
                                                      on_stale or _requeue_stale))
     except StoreError as exc:  # the start-up lock: held too long, or the server unreachable
-        raise StoreError(f"--storage {exc}") from None
+        raise StoreError(f"{key} {exc}") from None
     except Exception as exc:  # bad URL, unreachable server, missing driver
         text = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise StoreError(f"--storage {masked(url)}: cannot open ({type(exc).__name__}: "
+        raise StoreError(f"{key} {masked(url)}: cannot open ({type(exc).__name__}: "
                          f"{scrubbed(text, url)})") from None
 
 
-def check_storage_url(url: str) -> None:
-    """Raise StoreError (one line, the password masked) unless `url` is an SQLAlchemy URL
-    whose database driver is installed; connects to nothing (for `--dry-run`, which opens
-    no store)."""
-    check_userinfo(url, "--storage")
+def open_storage(workspace: Workspace, url: str | None = None, heartbeat_interval: int = 10,
+                 grace_period: int = 30,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                 ) -> optuna.storages.RDBStorage:
+    """`make_storage` for a command: `url` (from `--storage`; default the workspace's), its
+    errors naming what chose it (`Workspace.storage_key`), the folder made only for the
+    embedded storage under `mlruns/`."""
+    url = url or workspace.storage_url
+    return make_storage(url, heartbeat_interval, grace_period, on_stale,
+                        key=workspace.storage_key(url),
+                        create_folder=url == workspace.embedded_storage_url)
+
+
+def check_storage_url(url: str, key: str = "--storage") -> None:
+    """Raise StoreError (one line naming `key`, the password masked) unless `url` is an
+    SQLAlchemy URL whose database driver is installed; connects to nothing (for
+    `--dry-run`, which opens no store)."""
+    check_userinfo(url, key)
     try:
         sa.engine.make_url(url).get_dialect().import_dbapi()
     except Exception as exc:  # unparsable, unknown dialect, driver not installed
         text = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise StoreError(f"--storage {masked(url)}: cannot use ({type(exc).__name__}: "
+        raise StoreError(f"{key} {masked(url)}: cannot use ({type(exc).__name__}: "
                          f"{scrubbed(text, url)})") from None
 
 
-def _open_storage(url: str, heartbeat_interval: int, grace_period: int,
+def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int,
                   on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> ClaimingRDBStorage:
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -32,7 +32,7 @@ from cifarnet.queue.jobs import (
     PARENT_ATTR,
     Heartbeat,
     StudyAttr,
-    make_storage,
+    open_storage,
     open_study,
 )
 from cifarnet.queue.retry import retry_setup
@@ -224,10 +224,10 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
     """
     base = spec.base_config()
     data = data if data is not None else load_data(base.data)
-    check_tracking_store(workspace.tracking_uri)  # read-only: before any store is written
-    storage = retry_setup(lambda: make_storage(storage_url or workspace.storage_url,
-                                               heartbeat_interval, grace_period,
-                                               on_stale=_retry_trial))
+    check_tracking_store(workspace.tracking_uri,  # read-only: before any store is
+                         create_folder=workspace.local_tracking)  # written
+    storage = retry_setup(lambda: open_storage(workspace, storage_url, heartbeat_interval,
+                                               grace_period, on_stale=_retry_trial))
     directions = [o.direction for o in spec.objectives]
     study_name = nest.study_name if nest else f"search.{spec.name}"
     study, created = open_study(study_name, storage, directions=directions,

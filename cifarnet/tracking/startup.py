@@ -33,12 +33,16 @@ def advisory_key(name: str) -> int:
 
 
 @contextmanager
-def store_lock(url: str, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def store_lock(url: str, name: str, timeout_s: float = LOCK_TIMEOUT_S, *,
+               create_folder: bool = False) -> Iterator[None]:
     """Hold the start-up lock of the store at `url` (`name` tells stores sharing one
     PostgreSQL database apart: "mlflow", "optuna").
 
-    SQLite: `<file>.lock` beside the database file (its folder is created; the lock file is
-    group-writable, so users of one group can share the store). PostgreSQL: an
+    SQLite: `<file>.lock` beside the database file (the lock file is group-writable, so
+    users of one group can share the store). Its folder is created only with
+    `create_folder` (the embedded stores under `mlruns/`); a folder the user named that does
+    not exist is refused (StoreError), as SQLite itself refuses it: creating it hid a
+    mistyped path behind a new, empty store. PostgreSQL: an
     advisory lock on a connection of its own, released when the block ends (or the process
     dies). Anything else: no lock. Raises StoreError when the lock is not had within
     `timeout_s` seconds, when the lock file cannot be made or opened (another user's store,
@@ -48,7 +52,7 @@ def store_lock(url: str, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterat
     if path is not None:
         from filelock import FileLock, Timeout
 
-        check_sqlite_shape(url, path)
+        check_sqlite_shape(url, path, create_folder=create_folder)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # group-writable: users of one group who share a store share its lock
@@ -102,16 +106,23 @@ def _advisory_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
         engine.dispose()
 
 
-def check_sqlite_shape(url: str, path: Path) -> None:
+def check_sqlite_shape(url: str, path: Path, *, create_folder: bool = True) -> None:
     """Refuse a SQLite store whose folder is not a folder, or whose database file is not a
     file (StoreError naming the path): opening it gave a NotADirectoryError traceback, a
-    misleading lock error, or MLflow's retries for a minute (a folder named mlflow.db)."""
+    misleading lock error, or MLflow's retries for a minute (a folder named mlflow.db).
+    Without `create_folder` (a store the user named, not the embedded one under `mlruns/`),
+    a folder that does not exist is refused too, as SQLite itself refuses it: making it hid
+    a mistyped path behind a new, empty store."""
     for folder in (path.parent, *path.parent.parents):
         if folder.exists():
             if not folder.is_dir():
                 raise StoreError(f"{masked(url)}: {folder} is a file, not a folder; move it "
                                  "away or point the store elsewhere")
             break
+    if not create_folder and not path.parent.is_dir():
+        raise StoreError(f"{masked(url)}: the folder {path.parent} does not exist (the "
+                         "folder of a SQLite store you name is not created; make it, or "
+                         "correct the path)")
     if path.exists() and not path.is_file():
         raise StoreError(f"{masked(url)}: {path} is not a database file (a folder?); move it "
                          "away or point the store elsewhere")
@@ -155,17 +166,21 @@ def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
                              ) from None
 
 
-def check_tracking_store(uri: str) -> None:
+def check_tracking_store(uri: str, *, create_folder: bool = False) -> None:
     """Read-only checks of the MLflow tracking store at `uri`, made before anything is
     written anywhere (the queue's storage included): an HTTP server answers its health
-    check, a SQLite store's folder and file have the right kind, a PostgreSQL server accepts
-    a connection. Raises StoreError with the URL masked."""
+    check, a SQLite store's folder and file have the right kind (its folder exists, unless
+    it is the embedded store's, `create_folder`), a PostgreSQL server accepts a connection.
+    Raises StoreError with the URL masked."""
     check_userinfo(uri, "MLflow tracking store")
     path = sqlite_path(uri)
     if uri.startswith(("http://", "https://")):
         check_http_store(uri)
     elif path is not None:
-        check_sqlite_shape(uri, path)
+        try:
+            check_sqlite_shape(uri, path, create_folder=create_folder)
+        except StoreError as exc:
+            raise StoreError(f"MLflow tracking store {exc}") from None
     elif is_postgres(uri):
         import sqlalchemy as sa
         from sqlalchemy.pool import NullPool
