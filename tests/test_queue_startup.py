@@ -88,6 +88,8 @@ def assert_all_started(results: list[list[dict]]) -> None:
 
 @pytest.mark.slow
 def test_workers_start_together_on_fresh_sqlite_stores(fast_folder) -> None:
+    for r in range(ROUNDS):  # the folder, as `run` makes mlruns/; the stores are new
+        (fast_folder / f"r{r}").mkdir()
     rounds = [(f"sqlite:///{fast_folder / f'r{r}' / 'mlflow.db'}",
                f"sqlite:///{fast_folder / f'r{r}' / 'optuna.db'}") for r in range(ROUNDS)]
     assert_all_started(start_together(fast_folder, rounds))
