@@ -94,3 +94,18 @@ def make_folder(path: Path, key: str) -> Path:
         raise UserError(f"{key}: cannot create the folder {path}: "
                         f"{exc.strerror or exc}") from None
     return path
+
+
+def check_folder(path: Path, key: str) -> Path:
+    """Refuse (UserError naming `key`, in `make_folder`'s words) an output folder that could
+    not be created: the nearest existing path above it is a file, or not writable. Creates nothing: a command
+    refused later (a bad store URL) left an empty folder behind when it was made first.
+    Returns `path`."""
+    for above in (path, *path.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise UserError(f"{key}: cannot create the folder {path}: Not a directory")
+            if above != path and not os.access(above, os.W_OK | os.X_OK):
+                raise UserError(f"{key}: cannot create the folder {path}: Permission denied")
+            break
+    return path

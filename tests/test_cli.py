@@ -111,6 +111,8 @@ def test_commands_without_a_run_stop_on_a_signal_with_one_line(monkeypatch, tmp_
         raise AssertionError("not stopped")
 
     monkeypatch.setattr(__import__(module, fromlist=[name]), name, signalled)
+    if command[0] == "search-report":  # it refuses a storage that is not there
+        (tmp_path / "x.db").touch()
     if command == ["relocate-store"]:  # it refuses a folder with no store before relocating
         monkeypatch.setattr("cifarnet.tracking.store.store_exists", lambda workspace: True)
     r = CliRunner().invoke(main, command)
@@ -150,5 +152,45 @@ def test_a_stop_before_any_run_claims_no_killed_run(monkeypatch, tmp_path, comma
 
     monkeypatch.setattr(importlib.import_module(module), name, signalled)
     r = CliRunner().invoke(main, [command, "s.yaml"])
+    assert r.exit_code == 128 + signal.SIGINT, r.output
+    assert r.stderr.strip().splitlines()[-1] == f"interrupted: {what}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("command", "where", "what"), [
+    ("run", "cifarnet.ablation.runner.run_spec",
+     "every run had finished before the signal; `cifarnet-exp report t` shows the verdicts"),
+    ("search", "cifarnet.search.study.run_search",
+     "every trial had finished before the signal; `cifarnet-exp search-report tiny_search` "
+     "shows the study"),
+])
+def test_a_signal_after_the_last_run_still_stops_the_command(monkeypatch, tmp_path, command,
+                                                             where, what) -> None:
+    """A Ctrl-C that came after the last run (or trial) had ended was swallowed: `run`
+    printed its verdicts and exited 0. The signal policy: 128 + the signal, one line."""
+    import importlib
+    import os
+    import signal
+
+    import yaml
+    from helpers import make_tree, search_spec
+
+    monkeypatch.chdir(tmp_path)
+    tree = make_tree(tmp_path / "data", per_class_train=12, per_class_test=1)
+    spec = (search_spec(tree, tmp_path, n_trials=1) if command == "search" else
+            {"name": "t", "base": {"data": {"path": str(tree)}, "train": {"epochs": 1}},
+             "factors": {"model.residual_add": [True, False]}, "seeds": [0]})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    module = importlib.import_module(where.rsplit(".", 1)[0])
+    real = getattr(module, where.rsplit(".", 1)[1])
+
+    def then_signalled(*args, **kwargs):
+        out = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the first signal: recorded, raises nothing
+        return out
+
+    monkeypatch.setattr(module, where.rsplit(".", 1)[1], then_signalled)
+    r = CliRunner().invoke(main, [command, "s.yaml", *(["--no-final"] if command == "search"
+                                                        else [])])
     assert r.exit_code == 128 + signal.SIGINT, r.output
     assert r.stderr.strip().splitlines()[-1] == f"interrupted: {what}"

@@ -38,6 +38,7 @@ def refused(folder: Path, args: list[str], starts: str):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (folder / "mlruns").exists()
     assert not (folder / "reports").exists()
+    assert not (folder / "runs").exists()  # the default train.out_dir: made by a first run
     return r
 
 
@@ -290,6 +291,9 @@ def test_search_identity_ignores_only_name_description_and_n_trials(tiny_tree,
                                               "range 1<=x<=64"),
     (["report", "nosuch"], "nosuch: no experiment of that name (no store at "),
     (["run", "x" * 5000], "xxxxxxxx"),  # a name too long for a file: no traceback
+    # an empty --storage ran on the default storage without a word
+    (["run", "dilation_add", "--storage", ""], "Invalid value for --storage: an empty URL"),
+    (["search-report", "lr_aug", "--storage", " "], "Invalid value for --storage: an empty "),
 ])
 def test_a_command_line_error_is_one_line_naming_the_option(here, args, starts) -> None:
     """Click's usage errors are one line too (its own form is four: usage, hint, blank,
@@ -315,7 +319,26 @@ def test_a_dry_run_checks_the_storage_it_will_not_open(here, url, starts) -> Non
     ({}, ["--storage", "sqlite:///{here}/nope/o.db"],
      "--storage sqlite:///{here}/nope/o.db: the folder {here}/nope does not exist"),
     ({"MLFLOW_TRACKING_URI": "sqlite:///{here}/nope/m.db"}, [],
-     "MLflow tracking store sqlite:///{here}/nope/m.db: the folder {here}/nope does not exist"),
+     "MLFLOW_TRACKING_URI sqlite:///{here}/nope/m.db: the folder {here}/nope does not exist"),
+    # the read-only checks of both stores are made by --dry-run too
+    ({"MLFLOW_TRACKING_URI": "sqlite:///{here}/nope/m.db"}, ["--dry-run"],
+     "MLFLOW_TRACKING_URI sqlite:///{here}/nope/m.db: the folder {here}/nope does not exist"),
+    ({}, ["--dry-run", "--storage", "sqlite:///{here}/nope/o.db"],
+     "--storage sqlite:///{here}/nope/o.db: the folder {here}/nope does not exist"),
+    # a URI MLflow 3 cannot open as a store gave a traceback, after mlruns/optuna.db was made
+    ({"MLFLOW_TRACKING_URI": "foo://x"}, [], "MLFLOW_TRACKING_URI foo://x: not a tracking "
+                                             "store MLflow opens"),
+    ({"MLFLOW_TRACKING_URI": "{here}/store"}, [],
+     "MLFLOW_TRACKING_URI {here}/store: MLflow's file store is not supported"),
+    ({"MLFLOW_TRACKING_URI": "file://{here}/store"}, ["--dry-run"],
+     "MLFLOW_TRACKING_URI file://{here}/store: MLflow's file store is not supported"),
+    # in-memory SQLite: each worker got an empty queue of its own and ran every job again
+    ({}, ["--workers", "2", "--storage", "sqlite://"],
+     "--storage sqlite://: an in-memory SQLite store is private to one process"),
+    ({"CIFARNET_STORAGE": "sqlite:///:memory:"}, ["--dry-run"],
+     "CIFARNET_STORAGE sqlite:///:memory:: an in-memory SQLite store"),
+    ({"MLFLOW_TRACKING_URI": "sqlite://"}, [],
+     "MLFLOW_TRACKING_URI sqlite://: an in-memory SQLite store"),
 ])
 def test_a_store_error_names_what_chose_the_store(here, monkeypatch, env, args,
                                                   starts) -> None:
@@ -332,10 +355,30 @@ def test_a_store_error_names_what_chose_the_store(here, monkeypatch, env, args,
     assert not (here / "nope").exists()
 
 
-def test_search_report_names_the_storage_folder_it_will_not_make(here) -> None:
+def test_search_report_makes_no_storage(here) -> None:
+    """`search-report NAME --storage sqlite:///dir/typo.db` created typo.db (and Optuna's
+    tables in an empty PostgreSQL database), then said there was no study."""
+    refused(here, ["search-report", "lr_aug", "--storage", f"sqlite:///{here}/typo.db"],
+            f"--storage sqlite:///{here}/typo.db: no Optuna storage there, so no study lr_aug")
     refused(here, ["search-report", "lr_aug", "--storage", f"sqlite:///{here}/nope/o.db"],
-            f"--storage sqlite:///{here}/nope/o.db: the folder {here}/nope does not exist")
-    assert not (here / "nope").exists()
+            f"--storage sqlite:///{here}/nope/o.db: no Optuna storage there")
+    refused(here, ["search-report", "lr_aug"], f"mlruns/ sqlite:///{here}/mlruns/optuna.db: "
+                                              "no Optuna storage there")
+    assert sorted(p.name for p in here.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [[], ["--dry-run"]])
+def test_one_database_for_both_stores_is_refused(here, monkeypatch, tiny_tree, args) -> None:
+    """The queue and MLflow in one database: the second failed with "Can't locate revision"
+    after both schemas were written into it."""
+    url = f"sqlite:///{here}/both.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    spec = write(here, yaml.safe_dump({**GRID, "base": {**GRID["base"],
+                                                        "data": {"path": str(tiny_tree)}}}))
+    refused(here, ["run", str(spec), "--storage", url, *args],
+            f"--storage {url}: the same database as MLflow's tracking store "
+            "(MLFLOW_TRACKING_URI); the queue and MLflow need separate databases")
+    assert not (here / "both.db").exists()
 
 
 def test_ui_port_and_preset_are_checked(here) -> None:

@@ -201,25 +201,43 @@ def test_a_narrow_terminal_keeps_every_bars_count_and_eta(width) -> None:
 
 def test_a_cut_label_keeps_the_runs_seed() -> None:
     """At 80 columns the label was cut at its end: the runs of one cell showed the same
-    `model.dilation=2 model…`, their seeds lost."""
+    `model.dilation=2 model…`, their seeds lost; with --workers every bar read `worker 1:
+    dilat…`. Keys are shortened to their initials first (values whole), then the middle is
+    cut, the seed kept."""
     import io
 
     from rich.console import Console
 
-    from cifarnet.cli.progress import GridProgress, fit_label
+    from cifarnet.cli.progress import GridProgress, WorkersProgress, fit_label
 
-    assert fit_label("dilation=2,residual_add=true seed=10", 16) == "dilatio\u2026 seed=10"
-    assert fit_label("tune dilation=2 trial 3", 16) == "tune di\u2026 trial 3"
+    assert fit_label("dilation=2,residual_add=true seed=10", 20) == "d=2,ra=true seed=10"
+    assert fit_label("dilation=2,residual_add=true seed=10", 16) == "d=2,ra=\u2026 seed=10"
+    assert fit_label("dilation=2,residual_add=true seed=10000000", 20) == \
+        "d=2,r\u2026 seed=10000000"
+    assert fit_label("tune dilation=2,residual_add=true trial 3", 20) == \
+        "tune d=2,ra\u2026 trial 3"
     assert fit_label("final: best configuration, train + val", 16) == "final: b\u2026n + val"
     assert fit_label("short seed=1", 16) == "short seed=1"
     assert fit_label("a long label without a seed", None) == "a long label without a seed"
-    buf = io.StringIO()
-    console = Console(file=buf, width=80, force_terminal=True, color_system=None)
-    grid = GridProgress(console)
-    bar = grid.run_callbacks("dilation=2,residual_add=true seed=2")[0]
-    ctx = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(epochs=3)),
-                          steps_per_epoch=10, start_epoch=1)
-    bar.on_run_start(ctx)
-    console.print(grid.progress.get_renderable())
-    grid.close()
-    assert "seed=2" in buf.getvalue()
+    cells = ["dilation=2,residual_add=true", "dilation=2,residual_add=false",
+             "dilation=1,residual_add=true", "dilation=1,residual_add=false"]
+    shown = {fit_label(f"{c} seed={s}", 20) for c in cells for s in (0, 1)}
+    assert len(shown) == 8  # every run of the grid told apart
+    for workers in (False, True):
+        buf = io.StringIO()
+        console = Console(file=buf, width=80, force_terminal=True, color_system=None)
+        if workers:
+            display = WorkersProgress(2, console)
+            display.event(0, {"run": "dilation=1,residual_add=false seed=2", "epoch": 1,
+                              "epochs": 3})
+            progress = display.progress
+        else:
+            display = GridProgress(console)
+            bar = display.run_callbacks("dilation=1,residual_add=false seed=2")[0]
+            ctx = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(epochs=3)),
+                                  steps_per_epoch=10, start_epoch=1)
+            bar.on_run_start(ctx)
+            progress = display.progress
+        console.print(progress.get_renderable())
+        display.close()
+        assert "seed=2" in buf.getvalue() and "d=1" in buf.getvalue(), buf.getvalue()

@@ -259,3 +259,34 @@ def test_a_signal_after_every_worker_finished_still_stops_the_supervisor(
                     "`cifarnet-exp report tiny` shows the verdicts" if command == "run" else
                     "interrupted: every worker had finished before the signal; rerun to "
                     "continue (the held-out test of a complete study)"), r.output
+
+
+@pytest.mark.parametrize("command", ["run", "search"])
+def test_the_storage_url_reaches_the_workers_in_their_environment(
+        tiny_tree, tmp_path, monkeypatch, command) -> None:
+    """The supervisor put `--storage URL` on each worker's command line, which `ps` shows
+    to every user of the machine: a PostgreSQL password with it. The workers now get the
+    URL as CIFARNET_STORAGE, in their environment only."""
+    from click.testing import CliRunner
+
+    from cifarnet.cli import workers as workers_mod
+    from cifarnet.cli.main import main
+
+    url = f"sqlite:///{tmp_path / 'queue.db'}"  # the password's stand-in: the whole URL
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def popen(args, env=None, **kwargs):
+        seen["args"], seen["env"] = list(args), env
+        raise Started
+
+    monkeypatch.setattr(workers_mod.subprocess, "Popen", popen)
+    monkeypatch.chdir(tmp_path)
+    spec = (write_spec(tmp_path, tiny_tree) if command == "run"
+            else write(tmp_path, search_spec(tiny_tree, tmp_path)))
+    r = CliRunner().invoke(main, [command, str(spec), "--workers", "2", "--storage", url])
+    assert isinstance(r.exception, Started), r.output
+    assert not any("queue.db" in a for a in seen["args"]), seen["args"]
+    assert seen["env"]["CIFARNET_STORAGE"] == url

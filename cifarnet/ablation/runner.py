@@ -200,8 +200,7 @@ def open_grid(spec: AblationSpec, workspace: Workspace, storage_url: str,
               listener: GridListener, stop: StopEvent) -> GridContext:
     """Open the queue's storage, then MLflow (so a bad --storage writes nothing), and join
     (or start) the grid's shared parent run."""
-    check_tracking_store(workspace.tracking_uri,  # read-only: before any store is
-                         create_folder=workspace.local_tracking)  # written
+    check_tracking_store(workspace)  # read-only: before any store is written
     storage = retry_setup(lambda: open_storage(workspace, storage_url, heartbeat_interval,
                                                grace_period))
     client = retry_setup(lambda: setup_mlflow(workspace))

@@ -15,7 +15,7 @@ from click.core import ParameterSource
 
 from cifarnet import __version__
 from cifarnet.errors import UserError, one_line
-from cifarnet.workspace import make_folder
+from cifarnet.workspace import check_folder, make_folder
 
 SET_HELP = "Override a config key, e.g. --set model.dilation=1 (repeatable)."
 MAX_WORKERS = 64  # local worker processes (each holds a model, its data and a display bar)
@@ -97,6 +97,17 @@ def main(ctx: click.Context) -> None:
     ctx.obj = Workspace.resolve()  # once: every command's stores and folders
 
 
+def _given_storage(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--storage ""` ran on the default storage without a word: refused."""
+    if value is not None and not value.strip():
+        source = ctx.get_parameter_source(param.name or "storage")
+        key = ("CIFARNET_STORAGE" if source == click.core.ParameterSource.ENVIRONMENT
+               else "--storage")
+        raise click.BadParameter("an empty URL; give one, or leave it out for the default "
+                                 "storage (mlruns/optuna.db)", param_hint=key)
+    return value
+
+
 def interrupted(request: Any, what: str) -> NoReturn:
     """The one line and exit code of a command stopped by a signal."""
     click.echo(f"interrupted: {what}", err=True)
@@ -104,10 +115,11 @@ def interrupted(request: Any, what: str) -> NoReturn:
 
 
 @main.command()
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a model key (model.*; the summary reads no other).")
 @click.option("--preset", default=None, help="Start from a named model preset.")
 @click.option("--config", "config_file", type=click.Path(), default=None,
-              help="YAML run config to start from.")
+              help="YAML run config to start from (its model section is what is summarized).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
 @stops_at_once("summary stopped")
@@ -204,7 +216,7 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Override the spec's base config, e.g. --set train.epochs=2.")
 @click.option("--dry-run", is_flag=True, help="Print the expanded grid; write nothing.")
-@click.option("--storage", default=None, envvar="CIFARNET_STORAGE",
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE", callback=_given_storage,
               help="Shared queue storage (e.g. postgresql://host/db); default: SQLite under "
                    "mlruns/.")
 @click.option("--heartbeat", type=click.IntRange(1), default=10, show_default=True,
@@ -263,10 +275,14 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
 
         load_trial_data([j.config for j in trial_jobs(spec)])
     if dry_run:
-        from cifarnet.queue.jobs import check_storage_url
+        from cifarnet.queue.jobs import check_apart_from_tracking, check_storage_url
+        from cifarnet.tracking.startup import check_tracking_store
 
-        check_storage_url(storage or workspace.storage_url,
-                          workspace.storage_key(storage or workspace.storage_url))
+        url = storage or workspace.storage_url  # both stores checked, neither opened
+        check_storage_url(url, workspace.storage_key(url),
+                          create_folder=url == workspace.embedded_storage_url)
+        check_apart_from_tracking(workspace, url)
+        check_tracking_store(workspace)
         click.echo(_dry_run_table(spec, jobs))
         click.echo(_dry_run_estimate(spec, jobs, workers, workspace, reuse=not no_reuse))
         for line in _dry_run_power(spec, workspace,
@@ -277,7 +293,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
         click.echo("nothing was written (dry run)")
         return
     for out_dir in sorted({str(j.config.train.out_dir) for j in jobs}):  # before any store
-        make_folder(Path(out_dir), "train.out_dir")
+        check_folder(Path(out_dir), "train.out_dir")  # made by the first run
     data = preload_data((j.config.data for j in jobs),
                         None if as_worker else DecodeProgress().update)
     # the prediction --dry-run prints, made once the stores are open, shown, and recorded on
@@ -289,7 +305,6 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     if workers > 1:  # the cache is filled: the workers read it
         argv = ["run", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
                 str(heartbeat), "--grace", str(grace),
-                *(["--storage", storage] if storage else []),
                 *(["--until-decided", "--max-seeds", str(max_seeds)] if until_decided else []),
                 *(["--no-reuse"] if no_reuse else [])]
         _supervise_grid(spec, argv, workers, workspace, jobs, storage, data, estimate,
@@ -326,6 +341,9 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
             interrupted(request, "the grid stopped (a run in progress ends KILLED); rerun "
                                  "to continue")  # a stop before any run: no run ended so
     display.close()
+    if request.event.is_set():  # a signal after the last run had ended still stops it
+        interrupted(request, "every run had finished before the signal; `cifarnet-exp "
+                             f"report {spec.name}` shows the verdicts")
     if spec.hypotheses and not as_worker:
         table_console().print(verdict_table(analysis))
     elif not as_worker:
@@ -388,7 +406,7 @@ def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
     display = WorkersProgress(workers)
     with record_signals() as request:
         result = supervise(argv, workers, request, display.event, display.error,
-                           cuda_devices=_cuda_devices(spec))
+                           cuda_devices=_cuda_devices(spec), storage=storage_url)
     display.close()
     codes = result.codes
     if request.event.is_set():  # a signal, also one that came after every run had ended
@@ -732,7 +750,7 @@ def results_cmd(claims_path: str, out_file: str, force: bool) -> None:
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--n-trials", type=click.IntRange(1), default=None,
               help="Add this many trials now (default: fill the study up to the spec's n_trials).")
-@click.option("--storage", default=None, envvar="CIFARNET_STORAGE",
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE", callback=_given_storage,
               help="Optuna storage shared by workers (e.g. postgresql://host/db); default: "
                    "SQLite under mlruns/.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
@@ -777,12 +795,11 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
         spec = spec.with_base(parse_assignments(assignments))
     if n_trials is not None and n_trials > MAX_RUNS:
         raise UserError(f"--n-trials: at most {MAX_RUNS:,}, got {n_trials:,}")
-    make_folder(Path(spec.base_config().train.out_dir), "train.out_dir")  # before any store
+    check_folder(Path(spec.base_config().train.out_dir), "train.out_dir")  # before any store
     data = load_data(spec.base_config().data, None if as_worker else DecodeProgress().update)
     if workers > 1:  # the cache is filled: the workers read it
         argv = ["search", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
-                str(heartbeat), "--grace", str(grace), "--no-final",
-                *(["--storage", storage] if storage else [])]
+                str(heartbeat), "--grace", str(grace), "--no-final"]
         _supervise_search(spec, argv, workers, workspace, storage, n_trials)
         n_trials = 0  # the workers ran the trials; what is left here is the final test
     if as_worker:
@@ -804,6 +821,9 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
                                  "rerun to continue the same study")
         finally:
             display.close()
+    if request.event.is_set():  # a signal after the last trial had ended still stops it
+        interrupted(request, "every trial had finished before the signal; `cifarnet-exp "
+                             f"search-report {spec.name}` shows the study")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in out.trials.items() if v)
     click.echo(f"{out.study_name} (spec identity {spec.identity()[:12]}): {counts}")
     for b in out.best:
@@ -833,8 +853,7 @@ def _supervise_search(spec: Any, argv: list[str], workers: int, workspace: Any,
 
     # both stores made here, once (the workers only open them); the queue's first, so a bad
     # --storage writes nothing
-    check_tracking_store(workspace.tracking_uri,  # read-only: before any store is
-                         create_folder=workspace.local_tracking)  # written
+    check_tracking_store(workspace)  # read-only: before any store is written
     storage = open_storage(workspace, storage_url)
     setup_mlflow(workspace)
     until = spec.n_trials if n_trials is None else (
@@ -842,7 +861,7 @@ def _supervise_search(spec: Any, argv: list[str], workers: int, workspace: Any,
     display = WorkersProgress(workers)
     with record_signals() as request:
         result = supervise([*argv, "--until", str(until)], workers, request, display.event,
-                           display.error, cuda_devices=_cuda_devices(spec))
+                           display.error, cuda_devices=_cuda_devices(spec), storage=storage_url)
     display.close()
     codes = result.codes
     if request.event.is_set():  # a signal, also one that came after every trial had ended:
@@ -861,7 +880,7 @@ def _supervise_search(spec: Any, argv: list[str], workers: int, workspace: Any,
 
 @main.command("search-report")
 @click.argument("name")
-@click.option("--storage", default=None, envvar="CIFARNET_STORAGE")
+@click.option("--storage", default=None, envvar="CIFARNET_STORAGE", callback=_given_storage)
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Output folder (default: reports/search.<name>).")
 @user_errors
@@ -872,7 +891,7 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
 
     quiet_libraries()
     from cifarnet.ablation.spec import SpecError
-    from cifarnet.queue.jobs import open_storage
+    from cifarnet.queue.jobs import check_storage_url, open_storage, storage_exists
     from cifarnet.search.report import load_study, markdown, write_plots
     from cifarnet.search.spec import load_search_spec
     from cifarnet.search.study import SPEC_ATTR
@@ -887,9 +906,10 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
     except SpecError:
         pass
     url = storage or workspace.storage_url
-    if url == workspace.storage_url and url.startswith("sqlite:///") and not Path(
-            url[len("sqlite:///"):]).exists():
-        raise UserError(f"{name}: no local study storage at {masked(url)}")
+    check_storage_url(url, workspace.storage_key(url), create_folder=True)  # a report
+    if not storage_exists(url):  # writes no storage: one not there is not made (it was)
+        raise UserError(f"{workspace.storage_key(url)} {masked(url)}: no Optuna storage "
+                        f"there, so no study {name}")
     study = load_study(name, open_storage(workspace, url))
     stored = study.user_attrs.get(SPEC_ATTR, "")
     if given_file and spec is not None and stored and stored != spec.identity():

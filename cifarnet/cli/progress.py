@@ -9,6 +9,7 @@ time, so it does not jump when an epoch starts.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -122,15 +123,26 @@ class EtaColumn(ProgressColumn):
 
 def label_width(console: Console) -> int | None:
     """The width of the label column on a terminal (None: a log, nothing is cut)."""
-    return max(12, console.width // 5) if console.is_terminal else None
+    return max(12, console.width // 4) if console.is_terminal else None
+
+
+def _initials(match: re.Match) -> str:
+    words = re.split(r"[_\-]", match.group(1).rsplit(".", 1)[-1])
+    return "".join(w[:1] for w in words if w) + "="
 
 
 def fit_label(label: str, width: int | None) -> str:
-    """`label` cut to `width` characters in its middle, keeping its end: a run's label ends
-    with its seed (`dilation=2,residual_add=true seed=1`), a trial's with its number, and
-    a cut at the end (rich's ellipsis) made the runs of one cell look alike on an 80-column
-    terminal. The seed or trial part is kept whole when it fits."""
+    """`label` fitted to `width` characters, keeping what tells runs apart: first each
+    factor's key is shortened to its initials (`dilation=2,residual_add=true seed=1` ->
+    `d=2,ra=true seed=1`; the values stay whole), then, if still too long, the middle is cut
+    and the end kept, the seed (`seed=N`) or trial number whole when it fits. Rich's own
+    ellipsis cut the end, and on an 80-column terminal the runs of a grid looked alike (their
+    seeds, then their values, cut away). The full label is in each run's finished line and
+    its MLflow run name."""
     if width is None or len(label) <= width:
+        return label
+    label = re.sub(r"(?<![\w.])((?!seed=)[A-Za-z_][\w.\-]*)=", _initials, label)
+    if len(label) <= width:
         return label
     cut = max(label.rfind(" seed="), label.rfind(" trial "))
     tail = label[cut:] if 0 < cut and len(label) - cut <= width - 4 else label[
@@ -496,8 +508,9 @@ class SearchProgress:
         self.progress.console.print(text)
 
     def close(self) -> None:
-        if self.started:
+        if self.started:  # once: a second stop printed a blank line after the last message
             self.progress.stop()
+            self.started = False
 
 
 class _TrialBar(_RunBar):
@@ -567,7 +580,9 @@ class WorkersProgress:
             elif "run" in event:
                 name = "test_acc" if event.get("test_acc") is not None else "val_acc"
                 acc = event.get(name)
-                self.progress.update(task, description=f"worker {worker + 1}: {event['run']}",
+                self.progress.update(task, description=escape(fit_label(
+                                         f"{worker + 1}: {event['run']}",
+                                         label_width(self.progress.console))),
                                      total=event["epochs"], completed=event["epoch"],
                                      status=f"epoch {event['epoch']}/{event['epochs']}"
                                             + (f"  {name} {acc:.4f}" if acc is not None

@@ -173,16 +173,20 @@ class Supervision:
 
 def supervise(argv: list[str], workers: int, request: Any,
               on_event: Callable[[int, dict[str, Any]], None],
-              on_error: Callable[[int, str], None], cuda_devices: int = 0) -> Supervision:
+              on_error: Callable[[int, str], None], cuda_devices: int = 0,
+              storage: str | None = None) -> Supervision:
     """Start `workers` processes of `python -m cifarnet <argv> --worker`, pass their events
     to `on_event(worker, event)` and their error lines to `on_error(worker, line)`, pass
     every signal `request` records (a `signals.StopRequest` of `signals.record_signals`) on
     to each of them once, and wait for all to end. Raises nothing for a worker's failure:
-    see `Supervision.codes`."""
+    see `Supervision.codes`. `storage` (a `--storage` URL) reaches the workers in their
+    environment (CIFARNET_STORAGE), never on their command line, which `ps` shows to every
+    user of the machine, password included."""
     cores = cpu_count()
     states = [WorkerState() for _ in range(workers)]
+    base = {**os.environ, **({"CIFARNET_STORAGE": storage} if storage else {})}
     procs = [subprocess.Popen([sys.executable, "-m", "cifarnet", *argv, "--worker"],
-                              env=worker_env(i, workers, cores, cuda_devices, dict(os.environ)),
+                              env=worker_env(i, workers, cores, cuda_devices, base),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True, preexec_fn=_die_with_parent)
              for i in range(workers)]

@@ -224,8 +224,7 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
     """
     base = spec.base_config()
     data = data if data is not None else load_data(base.data)
-    check_tracking_store(workspace.tracking_uri,  # read-only: before any store is
-                         create_folder=workspace.local_tracking)  # written
+    check_tracking_store(workspace)  # read-only: before any store is written
     storage = retry_setup(lambda: open_storage(workspace, storage_url, heartbeat_interval,
                                                grace_period, on_stale=_retry_trial))
     directions = [o.direction for o in spec.objectives]

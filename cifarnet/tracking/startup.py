@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Iterator
 
 from cifarnet.errors import StoreError
-from cifarnet.tracking.urls import check_userinfo, is_postgres, masked, scrubbed, sqlite_path
+from cifarnet.tracking.urls import (
+    check_not_in_memory,
+    check_userinfo,
+    is_postgres,
+    masked,
+    scrubbed,
+    sqlite_path,
+)
+from cifarnet.workspace import Workspace
 
 LOCK_TIMEOUT_S = 300.0
 HTTP_TIMEOUT_S = 10.0  # an MLflow server that does not answer its health check in this time
@@ -128,7 +136,8 @@ def check_sqlite_shape(url: str, path: Path, *, create_folder: bool = True) -> N
                          "away or point the store elsewhere")
 
 
-def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
+def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S, *,
+                     key: str = "MLflow tracking store") -> None:
     """Refuse an MLflow tracking server that does not answer `GET /health` within
     `timeout_s` seconds, asked once a second (StoreError, the URL masked): MLflow's own
     client retries an unreachable server for minutes, then raises with the URL, password
@@ -161,26 +170,43 @@ def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
             if time.monotonic() + 1.0 < deadline:
                 time.sleep(1.0)
                 continue
-            raise StoreError(f"MLflow tracking store {masked(uri)}: cannot open "
+            raise StoreError(f"{key} {masked(uri)}: cannot open "
                              f"({type(exc).__name__}: {_first_line(scrubbed(str(exc), uri))})"
                              ) from None
 
 
-def check_tracking_store(uri: str, *, create_folder: bool = False) -> None:
-    """Read-only checks of the MLflow tracking store at `uri`, made before anything is
-    written anywhere (the queue's storage included): an HTTP server answers its health
-    check, a SQLite store's folder and file have the right kind (its folder exists, unless
-    it is the embedded store's, `create_folder`), a PostgreSQL server accepts a connection.
-    Raises StoreError with the URL masked."""
-    check_userinfo(uri, "MLflow tracking store")
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgres", "mysql", "mssql",
+                    "databricks")  # the stores MLflow 3 opens (its file store is refused)
+
+
+def check_tracking_store(workspace: Workspace) -> None:
+    """Read-only checks of the workspace's MLflow tracking store, made before anything is
+    written anywhere (the queue's storage included): a URI MLflow opens as a store (not its
+    file store, which MLflow 3 refuses with a traceback, nor in-memory SQLite), an HTTP
+    server answers its health check, a SQLite store's folder and file have the right kind
+    (its folder exists, unless it is the embedded store's), a PostgreSQL server accepts a
+    connection. Raises StoreError (UserError for an in-memory store) naming
+    `workspace.tracking_key`, the URL masked."""
+    uri, key = workspace.tracking_uri, workspace.tracking_key
+    check_userinfo(uri, key)
+    check_not_in_memory(uri, key)
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme == "file" or not scheme:
+        raise StoreError(f"{key} {masked(uri)}: MLflow's file store is not supported (MLflow "
+                         "3 keeps it in maintenance mode); give a database, e.g. "
+                         "sqlite:///PATH/mlflow.db, or a tracking server's http:// URL")
+    if scheme not in TRACKING_SCHEMES:
+        raise StoreError(f"{key} {masked(uri)}: not a tracking store MLflow opens (its "
+                         "schemes: http(s)://, sqlite:///, postgresql://, mysql://, mssql://, "
+                         "databricks)")
     path = sqlite_path(uri)
-    if uri.startswith(("http://", "https://")):
-        check_http_store(uri)
+    if scheme in ("http", "https"):
+        check_http_store(uri, key=key)
     elif path is not None:
         try:
-            check_sqlite_shape(uri, path, create_folder=create_folder)
+            check_sqlite_shape(uri, path, create_folder=workspace.local_tracking)
         except StoreError as exc:
-            raise StoreError(f"MLflow tracking store {exc}") from None
+            raise StoreError(f"{key} {exc}") from None
     elif is_postgres(uri):
         import sqlalchemy as sa
         from sqlalchemy.pool import NullPool
@@ -190,7 +216,7 @@ def check_tracking_store(uri: str, *, create_folder: bool = False) -> None:
             with engine.connect():
                 pass
         except Exception as exc:  # noqa: BLE001 - refused, auth, unknown database
-            raise StoreError(f"MLflow tracking store {masked(uri)}: cannot open "
+            raise StoreError(f"{key} {masked(uri)}: cannot open "
                              f"({type(exc).__name__}: {_first_line(scrubbed(str(exc), uri))})"
                              ) from None
         finally:

@@ -46,8 +46,13 @@ def setup_mlflow(workspace: Workspace) -> Any:
     import mlflow
 
     from cifarnet.tracking.client import mlflow_client
-    from cifarnet.tracking.startup import check_sqlite_shape, init_tracking_store
+    from cifarnet.tracking.startup import (
+        check_sqlite_shape,
+        check_tracking_store,
+        init_tracking_store,
+    )
 
+    check_tracking_store(workspace)  # a URI MLflow cannot open as a store: one line
     if workspace.local_tracking:
         check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
         (workspace.local_root / "artifacts").mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,27 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def is_memory_sqlite(url: str) -> bool:
+    """Whether `url` is an in-memory SQLite database (`sqlite://`, `sqlite:///:memory:`):
+    private to one process and gone when it ends."""
+    parsed = _parsed(url)
+    return (parsed is not None and parsed.drivername.startswith("sqlite")
+            and (parsed.database in (None, "", ":memory:")
+                 or (parsed.database or "").startswith("file::memory:")))
+
+
+def check_not_in_memory(url: str, key: str) -> None:
+    """Refuse an in-memory SQLite store (UserError naming `key`): each process, each worker
+    of `--workers N` included, got its own empty store, so the workers ran every job
+    again, and nothing outlived the process (no resume, no report)."""
+    if is_memory_sqlite(url):
+        from cifarnet.errors import UserError
+
+        raise UserError(f"{key} {masked(url)}: an in-memory SQLite store is private to one "
+                        "process and lost when it ends; give a file (sqlite:///PATH) or a "
+                        "server")
+
+
 def is_postgres(url: str) -> bool:
     parsed = _parsed(url)
     return parsed is not None and parsed.drivername.split("+")[0] in ("postgresql", "postgres")
