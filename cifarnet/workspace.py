@@ -98,9 +98,9 @@ def make_folder(path: Path, key: str) -> Path:
 
 def check_folder(path: Path, key: str) -> Path:
     """Refuse (UserError naming `key`, in `make_folder`'s words) an output folder that could
-    not be created: the nearest existing path above it is a file, or not writable. Creates nothing: a command
-    refused later (a bad store URL) left an empty folder behind when it was made first.
-    Returns `path`."""
+    not be created: the nearest existing path above it is a file, or not writable. Creates
+    nothing: a command refused later (a bad store URL) left an empty folder behind when it
+    was made first. Returns `path`."""
     for above in (path, *path.parents):
         if above.exists():
             if not above.is_dir():

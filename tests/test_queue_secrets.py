@@ -122,7 +122,7 @@ def test_a_tracking_store_that_cannot_be_opened_is_named_without_its_password(
     ui = run(tmp_path, "ui", "--port", "5998", env={"MLFLOW_TRACKING_URI": uri})
     for r in (ran, ui):
         assert r.returncode == 2, r.stderr
-        assert "MLflow tracking store postgresql://cifarnet:***@127.0.0.1:1/mlflow: cannot " \
+        assert "MLFLOW_TRACKING_URI postgresql://cifarnet:***@127.0.0.1:1/mlflow: cannot " \
                "open" in r.stderr
     assert_nowhere(tmp_path, ran, ui)
 

@@ -101,8 +101,7 @@ def _given_storage(ctx: click.Context, param: click.Parameter, value: str | None
     """`--storage ""` ran on the default storage without a word: refused."""
     if value is not None and not value.strip():
         source = ctx.get_parameter_source(param.name or "storage")
-        key = ("CIFARNET_STORAGE" if source == click.core.ParameterSource.ENVIRONMENT
-               else "--storage")
+        key = "CIFARNET_STORAGE" if source == ParameterSource.ENVIRONMENT else "--storage"
         raise click.BadParameter("an empty URL; give one, or leave it out for the default "
                                  "storage (mlruns/optuna.db)", param_hint=key)
     return value
@@ -341,7 +340,9 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
             interrupted(request, "the grid stopped (a run in progress ends KILLED); rerun "
                                  "to continue")  # a stop before any run: no run ended so
     display.close()
-    if request.event.is_set():  # a signal after the last run had ended still stops it
+    # a signal after the last run had ended still stops the command (a worker ends 0: its
+    # supervisor says so once, for all)
+    if request.event.is_set() and not as_worker:
         interrupted(request, "every run had finished before the signal; `cifarnet-exp "
                              f"report {spec.name}` shows the verdicts")
     if spec.hypotheses and not as_worker:
@@ -821,7 +822,8 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
                                  "rerun to continue the same study")
         finally:
             display.close()
-    if request.event.is_set():  # a signal after the last trial had ended still stops it
+    # a signal after the last trial had ended still stops the command (not a worker's)
+    if request.event.is_set() and not as_worker:
         interrupted(request, "every trial had finished before the signal; `cifarnet-exp "
                              f"search-report {spec.name}` shows the study")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in out.trials.items() if v)

@@ -171,7 +171,7 @@ def make_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
     try:
         with store_lock(url, "optuna", create_folder=create_folder):
             return retry_startup(lambda: _rdb_storage(url, heartbeat_interval, grace_period,
-                                                     on_stale or _requeue_stale))
+                                                    on_stale or _requeue_stale))
     except StoreError as exc:  # the start-up lock: held too long, or the server unreachable
         raise StoreError(f"{key} {exc}") from None
     except Exception as exc:  # bad URL, unreachable server, missing driver
@@ -248,7 +248,7 @@ def check_storage_url(url: str, key: str = "--storage", create_folder: bool = Fa
 
 
 def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int,
-                  on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> ClaimingRDBStorage:
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> ClaimingRDBStorage:
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return ClaimingRDBStorage(

@@ -175,8 +175,8 @@ def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S, *,
                              ) from None
 
 
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgres", "mysql", "mssql",
-                    "databricks")  # the stores MLflow 3 opens (its file store is refused)
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgres", "mysql", "mssql"
+                    )  # the stores MLflow 3 opens (its file store is refused), and databricks
 
 
 def check_tracking_store(workspace: Workspace) -> None:
@@ -190,6 +190,8 @@ def check_tracking_store(workspace: Workspace) -> None:
     uri, key = workspace.tracking_uri, workspace.tracking_key
     check_userinfo(uri, key)
     check_not_in_memory(uri, key)
+    if uri.split(":", 1)[0] == "databricks":  # `databricks` or `databricks://profile`
+        return
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
     if scheme == "file" or not scheme:
         raise StoreError(f"{key} {masked(uri)}: MLflow's file store is not supported (MLflow "
