@@ -244,6 +244,39 @@ def test_a_trial_failed_by_another_worker_while_it_trained_is_an_outcome(tiny_tr
     assert set(by_number.loc[[1, 2], "tags.optuna.state"]) == {"COMPLETE"}
 
 
+def test_a_stop_while_a_trial_draws_its_parameters_loses_no_trial(tiny_tree, tmp_path,
+                                                                  monkeypatch):
+    """Ctrl-C between a trial's `suggest_*` calls (before its MLflow run) enqueued no retry:
+    the FAIL trial counted towards `n_trials` and the rerun ended one trial short. The retry
+    now fixes the parameters drawn so far and draws the rest; the search ends with `n_trials`
+    COMPLETE trials."""
+    import cifarnet.search.study as study_module
+    from cifarnet.search.spec import load_search_spec
+    from cifarnet.search.study import counted_trials, run_search
+    from cifarnet.workspace import Workspace
+
+    spec = load_search_spec(write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=2)))
+    workspace = Workspace.resolve(tmp_path)
+    real = study_module.suggest
+
+    def stopped_after_one(trial, spec):
+        first = spec.space[0]
+        trial.suggest_float(first.key, first.low, first.high, log=first.log)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module, "suggest", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(spec, workspace, final=False)
+    monkeypatch.setattr(study_module, "suggest", real)
+    run_search(spec, workspace, final=False)
+    study = study_of(tmp_path)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    cut, retry = study.trials[0], study.trials[1]
+    assert retry.user_attrs["retry_of"] == 0 and len(cut.params) == 1
+    assert retry.params.items() >= cut.params.items() and len(retry.params) == 2
+    assert [t.number for t in counted_trials(study)] == [1, 2]
+
+
 def test_a_resumed_search_does_not_repeat_its_first_points(tiny_tree, tmp_path, monkeypatch):
     """`search --n-trials 1` twice gave two trials with the same parameters: each process
     seeded its sampler with the spec's seed alone. The seed is now salted with the trials the

@@ -19,12 +19,15 @@ def _start(spec: Path, folder: Path) -> subprocess.Popen:
 
 
 def _first_trial_epochs(folder: Path) -> int | None:
-    """Epochs the study's first trial has reported while RUNNING; None otherwise."""
+    """Epochs the study's first trial has reported while training (RUNNING, its parameters
+    drawn and its MLflow run started); None otherwise. CI signalled a trial that was still
+    drawing its parameters: its retry then drew the rest, unlike the parameters compared."""
     try:
         trials = study_of(folder).trials
     except Exception:  # the study does not exist yet, or its store is busy
         return None
-    if not trials or trials[0].state.name != "RUNNING":
+    if not trials or trials[0].state.name != "RUNNING" \
+            or "mlflow_run_id" not in trials[0].user_attrs:
         return None
     return len(trials[0].intermediate_values)
 

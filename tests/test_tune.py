@@ -171,8 +171,10 @@ def test_killed_mid_tuning_the_rerun_loses_and_doubles_no_trial(tmp_path, sig) -
     cmd = [EXE, "run", str(spec), "--heartbeat", "1", "--grace", "7"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    # trial 1 of an arm is running with an epoch to go (its pruning reports are its epochs)
+    # trial 1 of an arm is training (its parameters drawn, its MLflow run started) with an
+    # epoch to go (its pruning reports are its epochs)
     signal_when(proc, lambda: any(t.state.name == "RUNNING" and t.number == 1
+                                  and "mlflow_run_id" in t.user_attrs
                                   and len(t.intermediate_values) < 2
                                   for s in _studies_or_none(tmp_path) for t in s.trials), sig)
     out, _ = proc.communicate(timeout=120)

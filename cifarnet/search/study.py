@@ -334,9 +334,10 @@ def _run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
     return told
 
 
-def _retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+def _retry_trial(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
     """Enqueue an interrupted trial again with the same parameters: it is run before any new
-    trial, and the interrupted one no longer counts towards `n_trials`."""
+    trial, and the interrupted one no longer counts towards `n_trials`. A trial stopped while
+    drawing its parameters has some of them: the retry fixes those and draws the rest."""
     study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
 
 
@@ -425,6 +426,15 @@ class _Objective:
         self.run_ids: dict[int, str] = {}  # trial number -> its MLflow run
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        """Train one trial; a Ctrl-C or SIGTERM at any moment of it, drawing its parameters
+        included, enqueues its retry (`_retry_trial`) before it propagates."""
+        try:
+            return self._trial(trial)
+        except KeyboardInterrupt:
+            _retry_trial(trial.study, trial)  # the next run takes it first
+            raise
+
+    def _trial(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         cfg = self.base.replace(suggest(trial, self.spec))
         tags = {TAG_ROLE: self.role, **self.arm, TAG_SPEC: self.spec.name,
                 TAG_OPTUNA_TRIAL_NUMBER: str(trial.number), TAG_HASH: cfg.hash(),
@@ -451,9 +461,6 @@ class _Objective:
                     self.client.set_tag(run.run_id, TAG_OPTUNA_STATE, state)
                 # a pruned trial trained as far as it should: FINISHED in MLflow
                 run.end_as("FINISHED" if state == "PRUNED" else RunStatus(result.status))
-        except KeyboardInterrupt:
-            _retry_trial(trial.study, trial)  # the next run takes it first
-            raise
         except Exception as exc:
             raise TrialFailed(f"trial {trial.number} crashed: {exc}") from exc
         if state == "PRUNED":
