@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from cifarnet.queue.jobs import JobQueue, claim_trial, make_storage
+from cifarnet.queue.jobs import JobQueue, claim_next, claim_trial, make_storage
 
 N_JOBS = 500
 ROUNDS = 5
@@ -230,3 +230,39 @@ def test_a_job_whose_worker_died_is_claimed_before_the_rest(backend, tmp_path, r
     assert (again.config_hash, again.number) == ("h0", 3)
     assert [queue.pop().config_hash for _ in range(2)] == ["h1", "h2"]
     assert queue.pop() is None
+
+
+@pytest.mark.parametrize("backend",
+                         ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_goes_stale(backend, tmp_path,
+                                                                         request) -> None:
+    """A worker killed between creating (or claiming) a trial and its first heartbeat (inside
+    Optuna's `Study.ask`, or a second signal there) left the trial RUNNING for ever: Optuna
+    counts only trials with a heartbeat as stale, so it held its slot of `n_trials` and its
+    job never ran again. Another worker now gives it a heartbeat when it first sees it: it
+    goes stale one grace period later, is failed and enqueued again; a trial whose own worker
+    is alive, or beats at the same moment, is left RUNNING."""
+    from cifarnet.queue.jobs import beat_for_unbeaten
+
+    url = (f"sqlite:///{tmp_path / 'q.db'}" if backend == "sqlite"
+           else request.getfixturevalue("pg_database")("unbeaten"))
+    storage = make_storage(url, heartbeat_interval=1, grace_period=2)
+    queue = JobQueue(storage, "grid")
+    queue.enqueue_missing([{"config_hash": h, "cell": "c", "seed": s, "config": {}}
+                           for s, h in enumerate(["h0", "h1"])], set())
+    study_id = queue.study_id
+    dead = claim_next(storage.engine, study_id)  # claimed; killed before its heartbeat
+    alive = queue.pop()  # claimed and beating
+    assert dead is not None and alive.config_hash == "h1"
+    queue.fail_stale()  # first seen: given a heartbeat, not failed
+    assert [t.state for t in queue.trials()] == [TrialState.RUNNING, TrialState.RUNNING]
+    assert beat_for_unbeaten(storage.engine, study_id) == 0  # both have one now
+    for _ in range(4):  # past the grace period; the live worker keeps beating
+        time.sleep(1)
+        storage.record_heartbeat(alive.trial_id)
+    queue.fail_stale()
+    states = [t.state for t in queue.trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING], states
+    again = queue.pop()
+    assert (again.config_hash, again.number) == ("h0", 2)
+    storage.record_heartbeat(dead[0])  # the dead worker's own first beat, late: no error

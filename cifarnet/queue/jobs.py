@@ -138,6 +138,44 @@ class ClaimingRDBStorage(optuna.storages.RDBStorage):
             return True
         raise UpdateFinishedTrialError(f"trial {trial_id} is already finished (or absent)")
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials (RUNNING, last heartbeat older than the grace period), after
+        `beat_for_unbeaten` gave each RUNNING trial without a heartbeat one. Optuna never
+        counts a trial without a heartbeat as stale: a worker killed (or stopped by a second
+        signal) between creating or claiming a trial and its first heartbeat, inside
+        `Study.ask` for instance, held that trial RUNNING for ever; it counted towards
+        `n_trials` and its job never ran again. It now goes stale one grace period after
+        another worker first sees it."""
+        beat_for_unbeaten(self.engine, study_id)
+        return super()._get_stale_trial_ids(study_id)
+
+
+def beat_for_unbeaten(engine: sa.engine.Engine, study_id: int) -> int:
+    """Record a heartbeat, at the database's time, for every RUNNING trial of the study that
+    has none; the number recorded. One `INSERT ... SELECT ... WHERE NOT EXISTS` that skips a
+    trial whose own worker records its first beat at the same moment (`ON CONFLICT DO
+    NOTHING` on the unique trial id; Optuna's `record_heartbeat` ignores the same conflict
+    the other way round and then updates the row)."""
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+
+    beat = TrialHeartbeatModel.__table__
+    unbeaten = (sa.select(TrialModel.trial_id, sa.func.current_timestamp())
+                .where(TrialModel.study_id == study_id, TrialModel.state == TrialState.RUNNING,
+                       ~sa.exists().where(beat.c.trial_id == TrialModel.trial_id)))
+    if engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # MySQL has no ON CONFLICT: a conflict is retried as transient, or left to Optuna
+        insert = sa.insert
+    stmt = insert(beat).from_select(["trial_id", "heartbeat"], unbeaten)
+    if engine.dialect.name in ("sqlite", "postgresql"):
+        stmt = stmt.on_conflict_do_nothing(index_elements=["trial_id"])
+    with engine.connect() as conn:
+        made = conn.execute(stmt).rowcount
+        conn.commit()
+    return max(made, 0)
+
 
 def _end_trial(engine: sa.engine.Engine, trial_id: int, state: TrialState) -> bool:
     """`UPDATE trials SET state = <finished state> WHERE trial_id = ? AND state IN
