@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from helpers import EXE, make_tree, search_spec, signal_when, study_of, trial_runs, write
 
@@ -95,3 +96,41 @@ def test_a_held_out_test_killed_mid_training_does_not_stay_running(tiny_tree, tm
     assert finals.loc[dead, "status"] == "FAILED"
     assert finals.loc[dead, "tags.cifarnet.status"] == "stale"
     assert sorted(finals["status"]) == ["FAILED", "FINISHED"]
+
+
+def test_a_trial_run_its_worker_never_named_is_ended_once_its_trial_ended(tiny_tree, tmp_path,
+                                                                          monkeypatch) -> None:
+    """kill -9 between starting a trial's MLflow run and naming it on the trial
+    (`mlflow_run_id`) left the run RUNNING for good: stale recovery ended only the runs its
+    trials named. A RUNNING trial run under the study's parent whose trial has ended is now
+    ended FAILED (stale); one whose trial is still RUNNING (a live worker) is left alone."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from cifarnet.cli.main import main
+    from cifarnet.queue.jobs import make_storage
+
+    monkeypatch.chdir(tmp_path)
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=4))
+    r = CliRunner().invoke(main, ["search", str(spec), "--n-trials", "1", "--no-final"])
+    assert r.exit_code == 0, r.output
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    study = optuna.load_study(study_name="search.tiny_search", storage=make_storage(
+        f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"))
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    experiment = client.get_run(parent).info.experiment_id
+
+    def unnamed_run(number: int) -> str:
+        return client.create_run(experiment, tags={
+            "cifarnet.role": "trial", "mlflow.parentRunId": parent,
+            "optuna.trial_number": str(number)}).info.run_id
+
+    dead_trial, live_trial = study.ask(), study.ask()
+    study.tell(dead_trial, state=optuna.trial.TrialState.FAIL)  # failed as stale
+    study._storage.record_heartbeat(live_trial._trial_id)  # its worker beats on
+    dead, live = unnamed_run(dead_trial.number), unnamed_run(live_trial.number)
+    r = CliRunner().invoke(main, ["search", str(spec), "--n-trials", "1", "--no-final"])
+    assert r.exit_code == 0, r.output
+    assert client.get_run(dead).info.status == "FAILED"
+    assert client.get_run(dead).data.tags["cifarnet.status"] == "stale"
+    assert client.get_run(live).info.status == "RUNNING"

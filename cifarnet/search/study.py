@@ -256,7 +256,7 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
                                {**parent_tags, TAG_SPEC: spec.name,
                                 TAG_OPTUNA_STUDY: study.study_name},
                                {"search.yaml": _spec_dict(spec)})
-    _recover_stale(study, client)
+    _recover_stale(study, client, experiment_id, parent)
     target = (until if until is not None else spec.n_trials if n_trials is None
               else len(counted_trials(study)) + n_trials)
     objective = _Objective(spec, base, data.without_test(), client, experiment_id, parent,
@@ -308,7 +308,7 @@ def _run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
     trial"): the other worker has enqueued it again, and this trial's MLflow run is tagged
     `optuna.state = superseded`. A trial interrupted by a signal is told FAIL (the objective
     has enqueued it again) and the KeyboardInterrupt goes on."""
-    _recover_stale(study, objective.client)
+    _recover_stale(study, objective.client, objective.experiment_id, objective.parent)
     with warnings.catch_warnings():  # "heartbeat ... supposed to be used with optimize": the
         warnings.simplefilter("ignore", UserWarning)  # heartbeat is sent here, as there
         trial = study.ask()
@@ -358,9 +358,12 @@ def count_trials(study_name: str, storage: optuna.storages.BaseStorage) -> int:
         return 0
 
 
-def _recover_stale(study: optuna.Study, client: Any) -> None:
+def _recover_stale(study: optuna.Study, client: Any, experiment_id: str, parent: str) -> None:
     """Fail the trials whose worker stopped sending heartbeats (past the grace period; each
-    is enqueued again by `_retry_trial`), and end their MLflow runs FAILED (status `stale`)."""
+    is enqueued again by `_retry_trial`), and end their MLflow runs FAILED (status `stale`):
+    those the trials name (`mlflow_run_id`), and the RUNNING trial runs under `parent` whose
+    trial has ended, which a worker killed between starting a run and naming it on its trial
+    left RUNNING for good."""
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -370,6 +373,13 @@ def _recover_stale(study: optuna.Study, client: Any) -> None:
         run_id = t.user_attrs.get("mlflow_run_id")
         if t.number in retried and run_id and client.get_run(run_id).info.status == "RUNNING":
             fail_stale_run(client, run_id)
+    ended = {str(t.number) for t in trials if t.state.is_finished()}
+    running = f"tags.`{MLFLOW_PARENT}` = '{parent}' and attributes.status = 'RUNNING'"
+    for run in all_runs(client, experiment_id, running):
+        tags = run.data.tags
+        if tags.get(TAG_ROLE) in (Role.TRIAL, Role.ARM_TRIAL) \
+                and tags.get(TAG_OPTUNA_TRIAL_NUMBER) in ended:
+            fail_stale_run(client, run.info.run_id)
 
 
 def check_identity(study: optuna.Study, spec: SearchSpec) -> None:
