@@ -321,8 +321,14 @@ def test_a_trial_past_the_arms_budget_is_surplus_and_never_trains(tmp_path) -> N
         study.add_trial(optuna.trial.create_trial(params={"x": x}, value=x, distributions={
             "x": optuna.distributions.FloatDistribution(0, 3)}))
 
+    from mlflow.store.entities.paged_list import PagedList
+
+    class NoRuns:  # an MLflow client whose store holds no run
+        def search_runs(self, *args, **kwargs):
+            return PagedList([], None)
+
     class Untrainable:
-        client = None
+        client, experiment_id, parent = NoRuns(), "0", "p" * 32
 
         def __call__(self, trial):
             raise AssertionError("a surplus trial must not train")
