@@ -246,7 +246,8 @@ def test_a_trial_failed_by_another_worker_while_it_trained_is_an_outcome(tiny_tr
 
 def test_a_stop_while_a_trial_draws_its_parameters_loses_no_trial(tiny_tree, tmp_path,
                                                                   monkeypatch):
-    """Ctrl-C between a trial's `suggest_*` calls (before its MLflow run) enqueued no retry:
+    """A KeyboardInterrupt between a trial's `suggest_*` calls (a second signal stops at
+    once, wherever the process is; before the trial's MLflow run) enqueued no retry:
     the FAIL trial counted towards `n_trials` and the rerun ended one trial short. The retry
     now fixes the parameters drawn so far and draws the rest; the search ends with `n_trials`
     COMPLETE trials."""

@@ -436,8 +436,9 @@ class _Objective:
         self.run_ids: dict[int, str] = {}  # trial number -> its MLflow run
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        """Train one trial; a Ctrl-C or SIGTERM at any moment of it, drawing its parameters
-        included, enqueues its retry (`_retry_trial`) before it propagates."""
+        """Train one trial; a KeyboardInterrupt at any moment of it (the first signal's at
+        the next batch, a second signal's wherever it lands, drawing the parameters included)
+        enqueues its retry (`_retry_trial`) before it propagates."""
         try:
             return self._trial(trial)
         except KeyboardInterrupt:
