@@ -278,6 +278,43 @@ def test_a_stop_while_a_trial_draws_its_parameters_loses_no_trial(tiny_tree, tmp
     assert [t.number for t in counted_trials(study)] == [1, 2]
 
 
+def test_a_retry_draws_from_the_slot_of_the_trial_it_retries(tmp_path) -> None:
+    """Trials 0 and 1 killed, retried as 3 and 2: each retry had a slot of its own (2 -> 0,
+    3 -> 1), so the parameters the killed trials had not drawn came from another slot's
+    stream: slot 0's point trained twice, slot 1's never (breaker). Slots are now stable:
+    a retry has its trial's, and the slots of the others do not move."""
+    from cifarnet.search.study import RETRY_OF, trial_slot
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    for _ in range(2):  # trials 0 and 1, killed
+        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial({}, user_attrs={RETRY_OF: 1})  # trial 2
+    study.enqueue_trial({}, user_attrs={RETRY_OF: 0})  # trial 3
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # trial 2, killed too
+    study.enqueue_trial({}, user_attrs={RETRY_OF: 2})  # trial 4: a retry of a retry
+    study.tell(study.ask(), 1.0)  # trial 3
+    study.tell(study.ask(), 1.0)  # trial 4
+    study.tell(study.ask(), 1.0)  # trial 5, a new one
+    assert [trial_slot(study, n) for n in range(6)] == [0, 1, 1, 0, 1, 2]
+
+
+def test_a_retry_has_the_parameters_the_database_holds(tmp_path) -> None:
+    """A killed worker's trial had stored a parameter after this process cached the trial
+    (Optuna's _CachedStorage): the retry, enqueued from the cached copy, had lost it."""
+    from cifarnet.queue.jobs import make_storage
+    from cifarnet.search.study import _retry_trial
+
+    storage = make_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    cached = study.get_trials(deepcopy=False)[0]  # RUNNING, no parameter yet
+    storage.set_trial_param(trial._trial_id, "x", 0.25,
+                            optuna.distributions.FloatDistribution(0.0, 1.0))  # the dead worker
+    _retry_trial(study, cached)
+    retry = study.get_trials(deepcopy=False)[-1]
+    assert retry.system_attrs["fixed_params"] == {"x": 0.25}
+
+
 def test_a_resumed_search_does_not_repeat_its_first_points(tiny_tree, tmp_path, monkeypatch):
     """`search --n-trials 1` twice gave two trials with the same parameters: each process
     seeded its sampler with the spec's seed alone. The seed is now salted with the trials the

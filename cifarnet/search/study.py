@@ -116,11 +116,19 @@ def make_sampler(cfg: dict[str, Any], salt: tuple[int, ...] = ()) -> optuna.samp
 
 def trial_slot(study: optuna.Study, number: int) -> int:
     """The place of trial `number` in the study's sequence of trials as an uninterrupted
-    run would have made them: the trials before it, less those that were interrupted and
-    run again (their retry, an enqueued copy with the same parameters, takes their place)."""
+    run would have made them: the trials before it that were neither a retry (an enqueued
+    copy of an interrupted trial, `retry_of`, standing in for it) nor SURPLUS. A retry has
+    the slot of the trial it retries, followed through retries of retries.
+
+    Before, a trial's slot was the trials before it less those retried, and a retry had a
+    slot of its own: when two trials were killed together and retried in the other order,
+    the parameters they had not drawn yet came from other slots' streams, so one slot's
+    point was trained twice and another's never (breaker)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
-    return sum(1 for t in trials if t.number < number and t.number not in retried
+    by_number = {t.number: t for t in trials}
+    while number in by_number and RETRY_OF in by_number[number].user_attrs:
+        number = by_number[number].user_attrs[RETRY_OF]
+    return sum(1 for t in trials if t.number < number and RETRY_OF not in t.user_attrs
                and not t.user_attrs.get(SURPLUS))
 
 
@@ -337,8 +345,15 @@ def _run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
 def _retry_trial(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
     """Enqueue an interrupted trial again with the same parameters: it is run before any new
     trial, and the interrupted one no longer counts towards `n_trials`. A trial stopped while
-    drawing its parameters has some of them: the retry fixes those and draws the rest."""
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+    drawing its parameters has some of them: the retry fixes those and draws the rest from
+    the same slot's stream (`trial_slot`).
+
+    The parameters are read from the database, not from `trial`: Optuna's in-process copy
+    (its `_CachedStorage`, and a `Trial`'s own cache, written after the database) may predate
+    the last parameter a killed worker stored; a retry enqueued from it had lost them."""
+    storage = study._storage  # Optuna's cache around the RDBStorage: read past it
+    stored = getattr(storage, "_backend", storage).get_trial(trial._trial_id)
+    study.enqueue_trial(stored.params, user_attrs={RETRY_OF: trial.number})
 
 
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
