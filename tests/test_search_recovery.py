@@ -134,3 +134,27 @@ def test_a_trial_run_its_worker_never_named_is_ended_once_its_trial_ended(tiny_t
     assert client.get_run(dead).info.status == "FAILED"
     assert client.get_run(dead).data.tags["cifarnet.status"] == "stale"
     assert client.get_run(live).info.status == "RUNNING"
+
+
+def test_a_study_ending_with_a_trial_still_running_says_so(tiny_tree, tmp_path,
+                                                           monkeypatch) -> None:
+    """A rerun whose last trial is RUNNING elsewhere (another worker's, or a killed worker's
+    not stale yet) ended with exit 0 and no word on the held-out test (breaker)."""
+    from click.testing import CliRunner
+
+    from cifarnet.cli.main import main
+    from cifarnet.queue.jobs import make_storage
+
+    monkeypatch.chdir(tmp_path)
+    spec = write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=2))
+    r = CliRunner().invoke(main, ["search", str(spec), "--n-trials", "1", "--no-final"])
+    assert r.exit_code == 0, r.output
+    study = optuna.load_study(study_name="search.tiny_search", storage=make_storage(
+        f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"))
+    elsewhere = study.ask()
+    study._storage.record_heartbeat(elsewhere._trial_id)  # its worker beats on
+    r = CliRunner().invoke(main, ["search", str(spec), "--grace", "30"])
+    assert r.exit_code == 0, r.output
+    assert ("held-out test: not yet; 1 trial(s) still RUNNING (another worker's, or a killed "
+            "one's: stale 30 s after its last heartbeat); rerun after that to finish the "
+            "study") in r.output

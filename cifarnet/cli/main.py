@@ -836,6 +836,12 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     elif not no_final and out.counted < out.n_trials:
         click.echo(f"held-out test: not yet; it runs once, when the study holds its "
                    f"n_trials ({out.counted} of {out.n_trials} so far)")
+    elif not no_final and not spec.multi and out.trials["RUNNING"]:
+        # another worker's trials, or a killed worker's: those go stale --grace s after
+        # their last heartbeat (one without any: after a worker first sees it)
+        click.echo(f"held-out test: not yet; {out.trials['RUNNING']} trial(s) still RUNNING "
+                   f"(another worker's, or a killed one's: stale {grace} s after its last "
+                   "heartbeat); rerun after that to finish the study")
     click.echo(f"optuna-dashboard {masked(storage or workspace.storage_url)}")
 
 
