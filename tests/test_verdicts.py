@@ -166,6 +166,13 @@ def test_holm_does_not_collect_the_whole_heap() -> None:
     adjusted = time.perf_counter() - start
     assert adjusted < full / 5, (adjusted, full)
     assert gc.get_freeze_count() == 0 and len(heap) == 400_000
+    gc.freeze()  # a caller that froze its own objects keeps them frozen (breaker)
+    try:
+        frozen = gc.get_freeze_count()
+        holm_adjust([0.01, 0.04, 0.03])
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_two_supported_hypotheses_do_not_survive_holm() -> None:

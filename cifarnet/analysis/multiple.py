@@ -40,12 +40,15 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     # statsmodels' Holm branch calls gc.collect() on every call (multitest.py, 0.14-0.15): a
     # full collection of the process, 0.5-2 s where torch, MLflow and pandas are loaded, once
     # per analysed grid. Frozen objects are left out of it (gc.freeze, Python 3.7+), so it
-    # scans only what this call made.
-    gc.freeze()
+    # scans only what this call made; a caller's own freeze is left as it was.
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
     try:
         adjusted = multipletests(np.where(np.isnan(p), 1.0, p), method="holm")[1]
     finally:
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
     return [math.nan if math.isnan(raw) else float(adj) for raw, adj in zip(p, adjusted)]
 
 
