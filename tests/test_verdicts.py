@@ -170,7 +170,8 @@ def test_holm_does_not_collect_the_whole_heap() -> None:
     try:
         frozen = gc.get_freeze_count()
         holm_adjust([0.01, 0.04, 0.03])
-        assert gc.get_freeze_count() == frozen
+        # still frozen (unfrozen, the count would be 0; frozen objects that die leave it)
+        assert gc.get_freeze_count() > frozen // 2, (gc.get_freeze_count(), frozen)
     finally:
         gc.unfreeze()
 
