@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.errors import StoreError
 from cifarnet.queue.retry import retry_setup, retry_startup, retrying_methods
-from cifarnet.tracking.startup import check_sqlite_shape, store_lock
+from cifarnet.tracking.startup import check_sqlite_shape, database_has_table, store_lock
 from cifarnet.tracking.urls import (
     check_not_in_memory,
     check_userinfo,
@@ -250,18 +250,7 @@ def storage_exists(url: str) -> bool:
     path = sqlite_path(url)
     if path is not None:
         return path.is_file()
-    from sqlalchemy.pool import NullPool
-
-    try:
-        engine = sa.create_engine(url, poolclass=NullPool)
-    except Exception:  # noqa: BLE001 - a bad URL: `make_storage` names it
-        return True
-    try:
-        return sa.inspect(engine).has_table("studies")
-    except Exception:  # noqa: BLE001 - unreachable: `make_storage` says so
-        return True
-    finally:
-        engine.dispose()
+    return database_has_table(url, "studies") is not False  # unreachable: `make_storage` says
 
 
 def check_storage_url(url: str, key: str = "--storage", create_folder: bool = False) -> None:

@@ -136,6 +136,26 @@ def check_sqlite_shape(url: str, path: Path, *, create_folder: bool = True) -> N
                          "away or point the store elsewhere")
 
 
+def database_has_table(url: str, table: str) -> bool | None:
+    """Whether the database at the SQLAlchemy `url` has `table`; None when the URL cannot be
+    parsed or the database reached. Reads only (one connection, closed): whether a store
+    exists is asked without creating it (`tracking.store.store_exists`,
+    `queue.jobs.storage_exists`)."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sa.create_engine(url, poolclass=NullPool)
+    except Exception:  # noqa: BLE001 - unparsable, unknown dialect, driver missing
+        return None
+    try:
+        return sa.inspect(engine).has_table(table)
+    except Exception:  # noqa: BLE001 - refused, auth, unknown database
+        return None
+    finally:
+        engine.dispose()
+
+
 def check_http_store(uri: str, timeout_s: float = HTTP_TIMEOUT_S, *,
                      key: str = "MLflow tracking store") -> None:
     """Refuse an MLflow tracking server that does not answer `GET /health` within

@@ -46,15 +46,10 @@ def setup_mlflow(workspace: Workspace) -> Any:
     import mlflow
 
     from cifarnet.tracking.client import mlflow_client
-    from cifarnet.tracking.startup import (
-        check_sqlite_shape,
-        check_tracking_store,
-        init_tracking_store,
-    )
+    from cifarnet.tracking.startup import check_tracking_store, init_tracking_store
 
-    check_tracking_store(workspace)  # a URI MLflow cannot open as a store: one line
+    check_tracking_store(workspace)  # one line for a bad URI; a SQLite file's shape checked
     if workspace.local_tracking:
-        check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
         (workspace.local_root / "artifacts").mkdir(parents=True, exist_ok=True)
     init_tracking_store(workspace.tracking_uri)  # created or migrated once, under a lock
     client = mlflow_client(workspace.tracking_uri)
@@ -75,16 +70,9 @@ def store_exists(workspace: Workspace) -> bool:
     path = sqlite_path(uri)
     if path is not None and not path.is_file():
         return False
-    import sqlalchemy as sa
+    from cifarnet.tracking.startup import database_has_table
 
-    try:
-        engine = sa.create_engine(uri)
-        try:
-            return sa.inspect(engine).has_table("experiments")
-        finally:
-            engine.dispose()
-    except Exception:  # unreachable or unparsable: the real run reports it
-        return False
+    return bool(database_has_table(uri, "experiments"))  # unreachable: the real run says so
 
 
 def get_or_create_experiment(client: Any, workspace: Workspace, name: str,
