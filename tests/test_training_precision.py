@@ -71,7 +71,7 @@ def test_a_grid_continued_on_a_machine_of_another_precision_is_another_grid(monk
     results/store, made on a CPU without AVX512-BF16): the same spec there is another grid,
     with its own parent, queue and jobs, so no cell ever pairs an fp32 run with a bf16 run;
     `--set train.precision=fp32` there continues the fp32 grid's jobs."""
-    from cifarnet.ablation.runner import grid_id
+    from cifarnet.ablation.execute import grid_id
     from cifarnet.ablation.spec import load_spec
 
     spec = load_spec("dilation_add").with_sets(["train.device=cpu"])

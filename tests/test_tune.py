@@ -425,7 +425,7 @@ def test_set_shrinks_the_tuning_budget_and_names_the_key() -> None:
     spec = parse_spec(_raw())
     small = spec.with_sets(["tune.n_trials=2", "tune.epochs=3", "train.epochs=2"])
     assert (small.tune.n_trials, small.tune.epochs, small.base["train.epochs"]) == (2, 3, 2)
-    from cifarnet.ablation.runner import grid_id
+    from cifarnet.ablation.execute import grid_id
 
     assert grid_id(small) != grid_id(spec.with_sets(["train.epochs=2"]))  # a new grid
     for bad, key in (("tune.space=1", "--set tune.space: only tune.n_trials"),

@@ -113,6 +113,34 @@ def interrupted(request: Any, what: str) -> NoReturn:
     sys.exit(request.exit_code)
 
 
+def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that choose where runs execute (`cifarnet.execute`)."""
+    from cifarnet.execute.base import ExecutorKind
+
+    for option in reversed([
+        click.option("--executor", type=click.Choice([k.value for k in ExecutorKind]),
+                     default="local", show_default=True,
+                     help="Where runs execute: this machine, a Ray cluster, or Slurm."),
+        click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1,
+                     show_default=True,
+                     help="Runs at once (local: worker processes, the cores split between "
+                          "them; ray/slurm: the most at once)."),
+        click.option("--runs-per-gpu", type=click.IntRange(1, 64), default=1,
+                     show_default=True, help="Runs sharing one GPU (small runs fill it "
+                                             "together)."),
+        click.option("--ray-address", default=None, help="A running Ray cluster (default: "
+                                                         "a local Ray for the command)."),
+        click.option("--slurm-cluster", type=click.Choice(["slurm", "local"]), default="slurm",
+                     show_default=True, help="submitit's cluster: sbatch, or this machine "
+                                             "through submitit's local executor."),
+        click.option("--slurm-partition", default=None, help="sbatch --partition."),
+        click.option("--slurm-time", type=click.IntRange(1), default=24 * 60,
+                     show_default=True, help="sbatch --time, in minutes."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Override a model key (model.*; the summary reads no other).")
@@ -216,8 +244,8 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
               help="Override the spec's base config, e.g. --set train.epochs=2.")
 @click.option("--dry-run", is_flag=True, help="Print the expanded grid; write nothing.")
 @click.option("--storage", default=None, envvar="CIFARNET_STORAGE", callback=_given_storage,
-              help="Shared queue storage (e.g. postgresql://host/db); default: SQLite under "
-                   "mlruns/.")
+              help="Optuna storage of a `tune:` block's studies (e.g. postgresql://host/db); "
+                   "default: SQLite under mlruns/. A grid without one needs none.")
 @click.option("--heartbeat", type=click.IntRange(1), default=10, show_default=True,
               help="Seconds between a worker's heartbeats.")
 @click.option("--grace", type=click.IntRange(1), default=30, show_default=True,
@@ -231,32 +259,18 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
 @click.option("--no-reuse", is_flag=True,
               help="Train every job, even one that another experiment has already finished "
                    "(same config and data); by default such a run is copied.")
-@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
-              help="Worker processes on this machine, sharing the queue (CPU: the cores are "
-                   "split between them; CUDA: devices round-robin).")
-@click.option("--worker", "as_worker", is_flag=True, hidden=True,
-              help="Run as one of --workers: events on stdout, no display.")
+@executor_options
 @user_errors
 def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage: str | None,
             heartbeat: int, grace: int, until_decided: bool, max_seeds: int, no_reuse: bool,
-            workers: int, as_worker: bool) -> None:
+            **executor: Any) -> None:
     """Run an ablation spec (a file, or a shipped name such as dilation_add): every
-    cell x seed, tracked in MLflow, resumable, shareable."""
+    cell x seed, tracked in MLflow, resumable, on this machine, a Ray cluster or Slurm."""
     check_grace(heartbeat, grace)
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-
-    from cifarnet.ablation.adaptive import run_until_decided
-    from cifarnet.ablation.runner import Outcome, run_spec
     from cifarnet.ablation.spec import MAX_RUNS, load_spec
-    from cifarnet.analysis.report import analyze_grid, verdict_table
-    from cifarnet.cli.progress import DecodeProgress, GridProgress, table_console
-    from cifarnet.cli.signals import stop_on_signals
-    from cifarnet.cli.workers import EventListener
-    from cifarnet.config.schema import parse_assignments
-    from cifarnet.data.datasets import preload_data
-    from cifarnet.tracking.results import find_parent_run
 
     spec = load_spec(spec_path)
     if assignments:  # run-config keys into the base; tune.* into the tune block
@@ -267,59 +281,94 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     if until_decided and len(spec.cells()) * max_seeds > MAX_RUNS:
         raise UserError(f"--max-seeds: {len(spec.cells())} cell(s) x {max_seeds} seeds is more "
                         f"than the limit of {MAX_RUNS:,} runs per grid")
-    jobs = spec.jobs()
     workspace = click.get_current_context().obj
+    options = _launch_options(spec, workspace, executor, heartbeat, grace, not no_reuse)
     if spec.tune is not None:  # a split the trials' data cannot give: refused before any write
         from cifarnet.search.tune import load_trial_data, trial_jobs
 
         load_trial_data([j.config for j in trial_jobs(spec)])
+    elif storage is not None:
+        click.echo("note: --storage has no effect on a grid without a tune: block", err=True)
     if dry_run:
-        from cifarnet.queue.jobs import check_apart_from_tracking, check_storage_url
-        from cifarnet.tracking.startup import check_tracking_store
+        _dry_run(spec, workspace, storage, options.executor.workers, not no_reuse,
+                 max_seeds if until_decided else len(spec.seeds))
+        return
+    _run_grid(spec, workspace, options, storage, until_decided, max_seeds)
 
-        url = storage or workspace.storage_url  # both stores checked, neither opened
+
+def _launch_options(spec: Any, workspace: Any, given: dict[str, Any], heartbeat: int,
+                    grace: int, reuse: bool) -> Any:
+    """`ablation.execute.LaunchOptions` from the command line (`executor_options`)."""
+    from cifarnet.ablation.execute import LaunchOptions
+    from cifarnet.execute.base import ExecutorKind, ExecutorOptions
+
+    kind = ExecutorKind(given["executor"])
+    if kind is not ExecutorKind.RAY and given["ray_address"]:
+        raise UserError("--ray-address: read only with --executor ray")
+    gpus = _cuda_devices(spec)
+    return LaunchOptions(ExecutorOptions(
+        kind=kind, workers=given["workers"], runs_per_gpu=given["runs_per_gpu"], gpus=gpus,
+        ray_address=given["ray_address"], slurm_cluster=given["slurm_cluster"],
+        slurm={"partition": given["slurm_partition"], "time": given["slurm_time"]},
+        folder=str(workspace.root / "runs" / "submitit")), reuse, heartbeat, grace)
+
+
+def _dry_run(spec: Any, workspace: Any, storage: str | None, workers: int, reuse: bool,
+             seeds: int) -> None:
+    """`run --dry-run`: the grid, its predicted time and power; nothing written."""
+    from cifarnet.tracking.startup import check_tracking_store
+
+    jobs = spec.jobs()
+    if spec.tune is not None:  # the studies' storage checked, not opened
+        from cifarnet.queue.jobs import check_apart_from_tracking, check_storage_url
+
+        url = storage or workspace.storage_url
         check_storage_url(url, workspace.storage_key(url),
                           create_folder=url == workspace.embedded_storage_url)
         check_apart_from_tracking(workspace, url)
-        check_tracking_store(workspace)
-        click.echo(_dry_run_table(spec, jobs))
-        click.echo(_dry_run_estimate(spec, jobs, workers, workspace, reuse=not no_reuse))
-        for line in _dry_run_power(spec, workspace,
-                                   max_seeds if until_decided else len(spec.seeds)):
-            click.echo(line)
-        if note := no_hypotheses_line(spec):
-            click.echo(note)
-        click.echo("nothing was written (dry run)")
-        return
+    check_tracking_store(workspace)
+    click.echo(_dry_run_table(spec, jobs))
+    click.echo(_dry_run_estimate(spec, jobs, workers, workspace, reuse=reuse))
+    for line in _dry_run_power(spec, workspace, seeds):
+        click.echo(line)
+    if note := no_hypotheses_line(spec):
+        click.echo(note)
+    click.echo("nothing was written (dry run)")
+
+
+def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
+              until_decided: bool, max_seeds: int) -> None:
+    """`run`: the grid launched (tuned first, seeds added until decided), its verdicts, the
+    summary line, and the exit code (1 when a run failed)."""
+    from cifarnet.ablation.adaptive import run_until_decided
+    from cifarnet.ablation.execute import Outcome, run_grid
+    from cifarnet.analysis.report import analyze_grid, verdict_table
+    from cifarnet.cli.progress import DecodeProgress, GridProgress, table_console
+    from cifarnet.cli.signals import stop_at_once, stop_on_signals
+    from cifarnet.data.datasets import preload_data
+    from cifarnet.tracking.results import find_parent_run
+
+    jobs = spec.jobs()
     for out_dir in sorted({str(j.config.train.out_dir) for j in jobs}):  # before any store
         check_folder(Path(out_dir), "train.out_dir")  # made by the first run
-    data = preload_data((j.config.data for j in jobs),
-                        None if as_worker else DecodeProgress().update)
-    # the prediction --dry-run prints, made once the stores are open, shown, and recorded on
-    # a new grid's parent run (with workers: by the supervisor; a worker makes none)
-    def estimate():
-        found = _grid_estimate(spec, jobs, data, workers, workspace, reuse=not no_reuse)
+    data = preload_data((j.config.data for j in jobs), DecodeProgress().update)
+    workers = options.executor.workers
+
+    def estimate():  # the prediction --dry-run prints, shown and recorded on a new parent
+        found = _grid_estimate(spec, jobs, data, workers, workspace, reuse=options.reuse)
         click.echo(found.line())
         return found
-    if workers > 1:  # the cache is filled: the workers read it
-        argv = ["run", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
-                str(heartbeat), "--grace", str(grace),
-                *(["--until-decided", "--max-seeds", str(max_seeds)] if until_decided else []),
-                *(["--no-reuse"] if no_reuse else [])]
-        _supervise_grid(spec, argv, workers, workspace, jobs, storage, data, estimate,
-                        heartbeat, grace)
-        return
-    display = EventListener() if as_worker else GridProgress()
-    total = Outcome()
 
-    with stop_on_signals() as request:
+    display, total = GridProgress(), Outcome()
+    # one worker: the first signal ends the run at its next batch; else it stops at once and
+    # the executor passes it on to the runs
+    policy = stop_on_signals() if options.executor.in_process else stop_at_once()
+    with policy as request:
         def run_jobs(batch) -> None:
             first = not total.parent_run_id  # --until-decided: later batches add seeds
-            total.merge(run_spec(spec, workspace, jobs=batch, storage_url=storage,
-                                 progress=display, data=data, heartbeat_interval=heartbeat,
-                                 grace_period=grace, stop=request.event,
-                                 reuse=not no_reuse,
-                                 estimate=None if as_worker or not first else estimate))
+            total.merge(run_grid(spec, workspace, options, jobs=batch, data=data,
+                                 listener=display, stop=request.event,
+                                 estimate=estimate if first else None))
 
         def analysis_now():  # this command's grid, not the experiment's newest one
             grid = find_parent_run(spec.name, workspace, run_id=total.parent_run_id)
@@ -328,8 +377,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
         try:
             if spec.tune is not None:  # every arm tuned first, then the verdict runs
                 spec, jobs = _tune(spec, workspace, storage, data, display, request.event,
-                                   heartbeat, grace, None if as_worker else estimate,
-                                   reuse=not no_reuse)
+                                   options.heartbeat_s, options.grace_s, estimate,
+                                   reuse=options.reuse)
             if until_decided:
                 analysis = run_until_decided(spec, max_seeds, run_jobs, analysis_now)
             else:
@@ -338,23 +387,28 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
         except KeyboardInterrupt:
             display.close()
             interrupted(request, "the grid stopped (a run in progress ends KILLED); rerun "
-                                 "to continue")  # a stop before any run: no run ended so
+                                 "to continue")
     display.close()
-    # a signal after the last run had ended still stops the command (a worker ends 0: its
-    # supervisor says so once, for all)
-    if request.event.is_set() and not as_worker:
+    if request.event.is_set():  # a signal after the last run had ended still stops it
         interrupted(request, "every run had finished before the signal; `cifarnet-exp "
                              f"report {spec.name}` shows the verdicts")
-    if spec.hypotheses and not as_worker:
+    _print_grid_end(spec, analysis, total)
+
+
+def _print_grid_end(spec: Any, analysis: Any, total: Any) -> None:
+    from cifarnet.analysis.report import verdict_table
+    from cifarnet.cli.progress import table_console
+
+    if spec.hypotheses:
         table_console().print(verdict_table(analysis))
-    elif not as_worker:
+    else:
         click.echo(no_hypotheses_line(spec))
     if total.reused:
         click.echo(f"reused {len(total.reused)} finished run(s) of other experiments (tag "
                    "cifarnet.reused_from); --no-reuse trains them again")
     click.echo(f"{spec.name}: {len(total.finished)} run(s) finished here, "
-               f"{total.already_done + len(total.skipped)} already done, "
-               f"{len(total.failed)} failed; parent run {total.parent_run_id}")
+               f"{total.already_done} already done, {len(total.failed)} failed; "
+               f"parent run {total.parent_run_id}")
     if total.failed:
         click.echo(total.failure_line(), err=True)
         sys.exit(1)
@@ -376,66 +430,6 @@ def _tune(spec: Any, workspace: Any, storage: str | None, data: dict, display: A
         if data_key(j.config.data) not in data:
             data[data_key(j.config.data)] = load_data(j.config.data)
     return tuned, jobs
-
-
-def _supervise_grid(spec: Any, argv: list[str], workers: int, workspace: Any,
-                    jobs: list[Any], storage_url: str | None, data: dict,
-                    estimate: Any, heartbeat: int, grace: int) -> None:
-    """`run --workers N`: open the grid (its stores and parent run, the prediction recorded
-    on it), start the workers, show them, pass signals on, and end as one `run` would
-    (verdicts, the summary line, its exit code)."""
-    import threading
-
-    from cifarnet.ablation.runner import (
-        GridListener,
-        check_grid_limits,
-        log_estimate,
-        open_grid,
-    )
-    from cifarnet.analysis.report import analyze_grid, verdict_table
-    from cifarnet.cli.progress import WorkersProgress, table_console
-    from cifarnet.cli.signals import record_signals
-    from cifarnet.cli.workers import supervise
-    from cifarnet.tracking.results import find_parent_run
-
-    # both stores made here, once (the workers only open them), and the shared parent run
-    check_grid_limits(spec, jobs)
-    grid = open_grid(spec, workspace, storage_url or workspace.storage_url, heartbeat, grace,
-                     data, GridListener(), threading.Event())
-    if grid.parent_created:
-        log_estimate(grid, estimate())
-    display = WorkersProgress(workers)
-    with record_signals() as request:
-        result = supervise(argv, workers, request, display.event, display.error,
-                           cuda_devices=_cuda_devices(spec), storage=storage_url)
-    display.close()
-    codes = result.codes
-    if request.event.is_set():  # a signal, also one that came after every run had ended
-        interrupted(request, f"{workers} workers stopped (a run in progress ends KILLED); "
-                             "rerun to continue" if any(c != 0 for c in codes) else
-                             "every run had finished before the signal; `cifarnet-exp report "
-                             f"{spec.name}` shows the verdicts")
-    if 2 in codes:  # bad input: every worker said the same line
-        sys.exit(2)
-    parent = result.parent_run_id
-    if parent is None:
-        click.echo(f"error: no worker finished (exit codes {codes})", err=True)
-        sys.exit(1)
-    total = len(jobs)
-    if spec.hypotheses:
-        analysis = analyze_grid(find_parent_run(spec.name, workspace, run_id=parent),
-                                with_history=False)
-        table_console().print(verdict_table(analysis))
-        if len(analysis.runs):  # the jobs of the seeds --until-decided added count too
-            total = max(total, int(analysis.runs["config_hash"].nunique()))
-    else:
-        click.echo(no_hypotheses_line(spec))
-    finished, failed = result.count(0), result.count(2)
-    click.echo(f"{spec.name}: {finished} run(s) finished here by {workers} workers, "
-               f"{max(0, total - finished - failed)} already done, {failed} failed; "
-               f"parent run {parent}")
-    if any(codes):
-        sys.exit(1)
 
 
 def _cuda_devices(spec: Any) -> int:
@@ -548,7 +542,7 @@ def _dry_run_estimate(spec: Any, jobs: list[Any], workers: int, workspace: Any,
 def _tuning_progress(spec: Any, data: dict, workspace: Any) -> tuple[dict, dict]:
     """Read-only: the arms' trials this grid already counts and its recorded tuned values
     (`tracking.results.tuning_progress`); nothing when the store does not exist."""
-    from cifarnet.ablation.runner import grid_id
+    from cifarnet.ablation.execute import grid_id
     from cifarnet.tracking.client import mlflow_client
     from cifarnet.tracking.results import tuning_progress
     from cifarnet.tracking.store import store_exists
@@ -563,7 +557,7 @@ def _tuning_estimate(spec: Any, workers: int, done: dict[str, int] | None = None
     """The predicted cost of the arms' trials still to run (`search.tune.trial_jobs`): each
     to the end (none pruned); `done`: trials already counted, by arm."""
     from cifarnet.ablation.estimate import estimate_grid
-    from cifarnet.cli.workers import cpu_count
+    from cifarnet.execute.base import cpu_count
     from cifarnet.search.tune import load_trial_data, trial_jobs
 
     trials = trial_jobs(spec, done)
@@ -611,7 +605,7 @@ def _estimate(spec: Any, jobs: list[Any], data: dict, workers: int, workspace: A
         estimate_grid,
         seconds_since_start,
     )
-    from cifarnet.cli.workers import cpu_count
+    from cifarnet.execute.base import cpu_count
 
     covered = covered_jobs(spec, jobs, data, workspace, reuse)
     return estimate_grid(jobs, data, workers, cpu_count() // workers, covered,

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from cifarnet.ablation.runner import GridListener
+from cifarnet.ablation.execute import GridListener
 from cifarnet.training.callbacks import Callback, RunContext, RunResult
 
 EVENT_PREFIX = "cifarnet-event "  # marks an event line among a worker's other output

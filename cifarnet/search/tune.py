@@ -24,13 +24,14 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from cifarnet.ablation.runner import GridListener, log_estimate, open_grid
+from cifarnet.ablation.execute import GridListener, launcher_lock, log_estimate, open_grid
 from cifarnet.ablation.spec import AblationSpec, Cell, Job
 from cifarnet.data.datasets import Dataset, data_key, preload_data
 from cifarnet.errors import UserError
 from cifarnet.search.spec import arm_search_spec
 from cifarnet.search.study import Nest, run_search
 from cifarnet.tracking.results import TUNED_ARTIFACT, tuned_values
+from cifarnet.tracking.store import setup_mlflow
 from cifarnet.tracking.tags import METRIC_BEST_VAL, PARAM_TUNED, TAG_BEST_TRIAL
 from cifarnet.training.callbacks import StopEvent, StopOnEvent
 from cifarnet.workspace import Workspace
@@ -49,7 +50,7 @@ class ArmResult:
 
 
 def arm_study_name(spec: AblationSpec, grid: str, cell: Cell) -> str:
-    """The Optuna study of `cell`'s arm in grid `grid` (`ablation.runner.grid_id`)."""
+    """The Optuna study of `cell`'s arm in grid `grid` (`ablation.execute.grid_id`)."""
     return f"tune.{spec.name}.{grid}.{hashlib.sha256(cell.label.encode()).hexdigest()[:8]}"
 
 
@@ -95,9 +96,10 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
     searches = {c.label: arm_search_spec(spec.name, spec.untuned_config(c), spec.tune)
                 for c in spec.arms()}
     trial_data = load_trial_data([s.base_config() for s in searches.values()])  # before writes
-    grid = open_grid(spec, workspace, storage_url or workspace.storage_url, heartbeat_interval,
-                     grace_period, data, listener, stop)
-    if estimate is not None and grid.parent_created:
+    client = setup_mlflow(workspace)
+    with launcher_lock(spec, workspace, data):
+        grid = open_grid(spec, workspace, client, data)
+    if estimate is not None and grid.created:
         log_estimate(grid, estimate())
     recorded = tuned_values(grid.client, grid.parent_run_id)
     if recorded and all(c.label in recorded for c in spec.arms()):

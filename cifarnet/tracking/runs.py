@@ -60,8 +60,18 @@ def tracked_run(client: Any, experiment_id: str, name: str, tags: dict[str, str]
 
     if parent_run_id:
         tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, **tags}
-    run = TrackedRun(client, client.create_run(experiment_id, run_name=name,
-                                               tags=tags).info.run_id)
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    with adopted_run(client, run_id, system_metrics=system_metrics) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def adopted_run(client: Any, run_id: str, *, system_metrics: bool = False
+                ) -> Iterator[TrackedRun]:
+    """`tracked_run`'s lifecycle for a run that exists already (a job's run, made by its
+    launcher and kept across attempts): set RUNNING, yielded, ended as the block ended."""
+    run = TrackedRun(client, run_id)
+    client.update_run(run_id, status="RUNNING")
     monitor = _start_monitor(run.run_id) if system_metrics else None
     try:
         yield run

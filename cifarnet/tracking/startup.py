@@ -40,9 +40,13 @@ def advisory_key(name: str) -> int:
                           signed=True)
 
 
+class LockHeld(StoreError):
+    """The lock is held by another process for longer than the caller would wait."""
+
+
 @contextmanager
 def store_lock(url: str, name: str, timeout_s: float = LOCK_TIMEOUT_S, *,
-               create_folder: bool = False) -> Iterator[None]:
+               create_folder: bool = False, own_file: bool = False) -> Iterator[None]:
     """Hold the start-up lock of the store at `url` (`name` tells stores sharing one
     PostgreSQL database apart: "mlflow", "optuna").
 
@@ -52,7 +56,9 @@ def store_lock(url: str, name: str, timeout_s: float = LOCK_TIMEOUT_S, *,
     not exist is refused (StoreError), as SQLite itself refuses it: creating it hid a
     mistyped path behind a new, empty store. PostgreSQL: an
     advisory lock on a connection of its own, released when the block ends (or the process
-    dies). Anything else: no lock. Raises StoreError when the lock is not had within
+    dies). Anything else: no lock. `own_file`: SQLite's lock file is `<file>.<name>.lock`, so
+    a long-held lock (a grid's launcher) does not block the store's start-up.
+    Raises LockHeld when the lock is not had within
     `timeout_s` seconds, when the lock file cannot be made or opened (another user's store,
     a read-only disk), or the PostgreSQL server cannot be reached.
     """
@@ -64,11 +70,12 @@ def store_lock(url: str, name: str, timeout_s: float = LOCK_TIMEOUT_S, *,
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # group-writable: users of one group who share a store share its lock
-            lock = FileLock(f"{path}.lock", timeout=timeout_s, mode=0o664)
+            lock_path = f"{path}.{name}.lock" if own_file else f"{path}.lock"
+            lock = FileLock(lock_path, timeout=timeout_s, mode=0o664)
             lock.acquire()
         except Timeout:
-            raise StoreError(f"{masked(url)}: the start-up lock {path}.lock was held for more "
-                             f"than {timeout_s:.0f} s; is another worker stuck?") from None
+            raise LockHeld(f"{masked(url)}: the lock {lock_path} was held for more "
+                           f"than {timeout_s:.0f} s; is another process stuck?") from None
         except OSError as exc:  # a folder or lock file of another user, a read-only disk
             raise StoreError(f"{masked(url)}: cannot take the start-up lock {path}.lock "
                              f"({exc.strerror or exc}); users who share a store need write "
@@ -101,8 +108,8 @@ def _advisory_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
             deadline = time.monotonic() + timeout_s
             while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
                 if time.monotonic() > deadline:
-                    raise StoreError(f"{masked(url)}: the start-up lock (advisory lock {key}) "
-                                     f"was held for more than {timeout_s:.0f} s")
+                    raise LockHeld(f"{masked(url)}: the lock (advisory lock {key}) "
+                                   f"was held for more than {timeout_s:.0f} s")
                 time.sleep(0.1)
             conn.commit()
             try:

@@ -27,7 +27,6 @@ from cifarnet.tracking.tags import (  # noqa: F401
     TAG_SEED,
     TAG_SPEC,
     TAG_STATUS,
-    TAG_TRIAL,
     Role,
 )
 from cifarnet.training.callbacks import Callback, RunContext, RunResult
@@ -248,10 +247,12 @@ def summary_params(s: Summary) -> dict[str, Any]:
 
 
 class MlflowRunCallback(Callback):
-    """Logs one training run into an already started MLflow run (`run_id`)."""
+    """Logs one training run into an already started MLflow run (`run_id`). A resumed run
+    logs its restored epochs again only into a new run (`log_restored`); the job's own run
+    already holds them."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, run_id: str, log_restored: bool = True) -> None:
+        self.run_id, self.log_restored = run_id, log_restored
 
     def on_run_start(self, ctx: RunContext) -> None:
         from mlflow.entities import Param
@@ -268,7 +269,7 @@ class MlflowRunCallback(Callback):
         client.set_tag(self.run_id, TAG_PRECISION, ctx.precision)  # a column in the UI
         client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
         client.log_text(self.run_id, format_table(s) + "\n", "summary.txt")
-        for epoch, metrics in enumerate(ctx.restored_history, 1):  # a resumed run
+        for epoch, metrics in enumerate(ctx.restored_history if self.log_restored else [], 1):
             self.on_epoch_end(ctx, epoch, metrics)
         client.log_inputs(self.run_id, datasets=[dataset_input(ctx)])
 

@@ -18,7 +18,9 @@ TAG_SEED = "cifarnet.seed"
 TAG_SEED_ADDED = "cifarnet.seed_added"
 TAG_REASON = "cifarnet.failure_reason"
 TAG_STATUS = "cifarnet.status"
-TAG_TRIAL = "cifarnet.queue_trial"
+# a job's worker is alive: "<launch id> <unix seconds>", rewritten every heartbeat interval
+TAG_HEARTBEAT = "cifarnet.heartbeat"
+TAG_LAUNCHER = "cifarnet.launcher"  # a grid's parent: the launcher that holds it (host, pid)
 TAG_GRID = "cifarnet.grid"
 # the content fingerprint of the data set a run trained on (a parent: of all its grid's)
 TAG_DATA = "cifarnet.data_fingerprint"

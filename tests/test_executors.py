@@ -1,0 +1,117 @@
+"""One grid on every executor (`cifarnet.execute.EXECUTORS`): the same runs, the same
+identities, the same metrics; kills of a launcher or a worker lose nothing and run nothing
+twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from helpers import EXE, children, make_tree, runs_df, signal_when, write_spec
+
+from cifarnet.execute.base import ExecutorKind
+
+EIGHT = {"model.residual_add": [True, False], "model.dilation": [1, 2]}
+ARGS = {ExecutorKind.LOCAL: [], ExecutorKind.RAY: [],
+        ExecutorKind.SLURM: ["--slurm-cluster", "local"]}
+
+
+def _run(folder: Path, spec: Path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"}
+    return subprocess.Popen([EXE, "run", str(spec), *args], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _finished(folder: Path) -> dict[str, tuple[float, float]]:
+    kids = children(runs_df(folder))
+    assert set(kids["status"]) == {"FINISHED"}, kids["status"].tolist()
+    assert kids["tags.cifarnet.config_hash"].is_unique
+    return {h: (round(a, 6), round(loss, 6)) for h, a, loss in
+            zip(kids["tags.cifarnet.config_hash"], kids["metrics.test_acc"],
+                kids["metrics.train_loss"])}
+
+
+@pytest.mark.slow
+def test_one_grid_gives_the_same_runs_on_every_executor(tiny_tree, tmp_path) -> None:
+    found = {}
+    for kind in ExecutorKind:
+        folder = tmp_path / kind.value
+        folder.mkdir()
+        spec = write_spec(folder, tiny_tree, factors=EIGHT, seeds=[0, 1])
+        proc = _run(folder, spec, "--executor", kind.value, "--workers", "2", *ARGS[kind])
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out
+        assert "8 run(s) finished here, 0 already done, 0 failed" in out
+        found[kind] = _finished(folder)
+    assert len(found[ExecutorKind.LOCAL]) == 8
+    assert found[ExecutorKind.RAY] == found[ExecutorKind.LOCAL]
+    assert found[ExecutorKind.SLURM] == found[ExecutorKind.LOCAL]
+
+
+def _statuses(folder: Path) -> list[str]:
+    try:
+        return list(children(runs_df(folder))["status"])
+    except Exception:  # the store is not made yet
+        return []
+
+
+@pytest.mark.slow
+def test_a_killed_launcher_leaves_slurm_jobs_that_the_rerun_does_not_submit_again(
+        tmp_path) -> None:
+    tree = make_tree(tmp_path / "data", per_class_train=100, per_class_test=10)
+    spec = write_spec(tmp_path, tree, epochs=3, seeds=[0])
+    proc = _run(tmp_path, spec, "--executor", "slurm", "--slurm-cluster", "local",
+                "--workers", "2", "--heartbeat", "1", "--grace", "7")
+    signal_when(proc, lambda: _statuses(tmp_path).count("RUNNING") == 2, signal.SIGKILL)
+    proc.wait()
+    rerun = _run(tmp_path, spec, "--executor", "slurm", "--slurm-cluster", "local",
+                 "--workers", "2", "--heartbeat", "1", "--grace", "7")
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert "0 run(s) finished here, 2 already done" in out  # the jobs it found alive ended
+    submitted = list((tmp_path / "runs" / "submitit").glob("*_submitted.pkl"))
+    assert len(submitted) == 2  # the first launch's two; the rerun submitted none
+    kids = children(runs_df(tmp_path))
+    assert len(kids) == 2 and set(kids["status"]) == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_run_is_retried_and_resumes_in_the_same_run(tmp_path) -> None:
+    tree = make_tree(tmp_path / "data", per_class_train=100, per_class_test=10)
+    spec = write_spec(tmp_path, tree, epochs=4, seeds=[0], factors={"model.dilation": [2]})
+    proc = _run(tmp_path, spec, "--executor", "ray", "--heartbeat", "1", "--grace", "7")
+
+    def epochs_logged() -> int:
+        kids = children(runs_df(tmp_path)) if _statuses(tmp_path) else None
+        if kids is None or "metrics.train_loss" not in kids:
+            return 0
+        run_id = kids["run_id"].iloc[0]
+        return len(mlflow.MlflowClient(
+            f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}").get_metric_history(
+            run_id, "train_loss"))
+
+    deadline = time.monotonic() + 240
+    while epochs_logged() < 1:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+        time.sleep(0.3)
+    import psutil
+
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "ray::run_job" in " ".join(p.cmdline()) or "ray::" in p.name()]
+    busy = [p for p in workers if "run_job" in " ".join(p.cmdline())]
+    assert busy, [p.cmdline() for p in workers]
+    busy[0].kill()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    kids = children(runs_df(tmp_path))
+    assert len(kids) == 1 and kids["status"].item() == "FINISHED"
+    assert kids["tags.cifarnet.resumed_from"].item() == kids["run_id"].item()
+    history = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+                                  ).get_metric_history(kids["run_id"].item(), "train_loss")
+    assert sorted({m.step for m in history}) == [1, 2, 3, 4]
