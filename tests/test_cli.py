@@ -122,7 +122,7 @@ def test_commands_without_a_run_stop_on_a_signal_with_one_line(monkeypatch, tmp_
 
 
 @pytest.mark.parametrize(("command", "where", "what"), [
-    ("run", "cifarnet.ablation.runner.run_spec",
+    ("run", "cifarnet.ablation.execute.run_grid",
      "the grid stopped (a run in progress ends KILLED); rerun to continue"),
     ("search", "cifarnet.search.study.run_search",
      "the search stopped (a trial in progress ends KILLED); rerun to continue the same study"),
@@ -158,7 +158,7 @@ def test_a_stop_before_any_run_claims_no_killed_run(monkeypatch, tmp_path, comma
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("command", "where", "what"), [
-    ("run", "cifarnet.ablation.runner.run_spec",
+    ("run", "cifarnet.ablation.execute.run_grid",
      "every run had finished before the signal; `cifarnet-exp report t` shows the verdicts"),
     ("search", "cifarnet.search.study.run_search",
      "every trial had finished before the signal; `cifarnet-exp search-report tiny_search` "

@@ -52,14 +52,23 @@ def test_the_env_file_is_not_committed_and_its_example_is() -> None:
     assert ignored.returncode == 0, "docker/.env is not ignored by git"
 
 
+def locked(name: str) -> str:
+    """The version requirements.lock pins (the README's install reads it)."""
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.split("==", 1)[1]
+    raise AssertionError(f"{name} is not pinned in requirements.lock")
+
+
 def test_mlflow_server_is_built_from_a_dockerfile_pinned_to_the_clients_mlflow() -> None:
     service = compose()["services"]["mlflow"]
     assert "image" not in service, "a prebuilt image instead of docker/mlflow/Dockerfile"
     build = service["build"]
     context = REPO / (build if isinstance(build, str) else build["context"])
     dockerfile = context / "Dockerfile"
-    assert dockerfile_arg(dockerfile, "MLFLOW_VERSION") == version("mlflow")
-    assert dockerfile_arg(dockerfile, "PSYCOPG_VERSION") == version("psycopg")
+    assert dockerfile_arg(dockerfile, "MLFLOW_VERSION") == version("mlflow") == locked("mlflow")
+    assert dockerfile_arg(dockerfile, "PSYCOPG_VERSION") == version("psycopg") == locked(
+        "psycopg")
     assert '"mlflow==${MLFLOW_VERSION}"' in dockerfile.read_text()
     # nothing installed when the container starts: it must start without internet
     assert "pip install" not in COMPOSE.read_text()

@@ -124,7 +124,7 @@ def test_cli_bad_set_and_missing_data_write_nothing(tiny_tree, tmp_path, monkeyp
     r = CliRunner().invoke(main, ["run", "nope.yaml"])
     assert r.exit_code == 2 and "nope.yaml" in r.stderr
     r = CliRunner().invoke(main, ["run", str(spec), "--set", f"data.path={tiny_tree}",
-                                  "--storage", "postgresql://nobody@127.0.0.1:1/none"])
+                                  "--storage", f"sqlite:///{tmp_path}/nope/o.db"])
     assert r.exit_code == 2 and r.stderr.startswith("error: --storage")
     assert not (tmp_path / "mlruns").exists()
 

@@ -1,4 +1,5 @@
-"""`run --workers N`: N processes on one queue, started, shown and stopped together."""
+"""`run --workers N`: N worker processes of the local executor, started, shown and stopped
+together."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ import pandas as pd
 import pytest
 from helpers import EXE, children, runs_df, search_spec, study_of, trial_runs, write, write_spec
 
-from cifarnet.cli.workers import worker_env
+from cifarnet.execute import base
+from cifarnet.execute.base import ExecutorOptions, Resources
 
 
-def test_threads_are_split_so_that_workers_times_threads_fit_the_cores() -> None:
-    envs = [worker_env(i, 2, 2, 0, {"PATH": "/bin"}) for i in range(2)]
-    assert [e["OMP_NUM_THREADS"] for e in envs] == ["1", "1"]
-    assert all("CUDA_VISIBLE_DEVICES" not in e and e["PATH"] == "/bin" for e in envs)
-    assert worker_env(0, 3, 16, 0, {})["OMP_NUM_THREADS"] == "5"
-    assert worker_env(0, 4, 2, 0, {})["OMP_NUM_THREADS"] == "1"  # never 0
-    assert [worker_env(i, 3, 16, 2, {})["CUDA_VISIBLE_DEVICES"] for i in range(3)] == [
-        "0", "1", "0"]  # round-robin, several workers per device
+def test_threads_are_split_so_that_workers_times_threads_fit_the_cores(monkeypatch) -> None:
+    monkeypatch.setattr(base, "cpu_count", lambda: 2)
+    assert ExecutorOptions(workers=2).resources() == Resources(1, 0.0)
+    assert ExecutorOptions(workers=4).resources() == Resources(1, 0.0)  # never 0
+    monkeypatch.setattr(base, "cpu_count", lambda: 16)
+    assert ExecutorOptions(workers=3).resources() == Resources(5, 0.0)
+    # several runs per GPU: each asks a fraction of one (Ray packs them; local: round-robin)
+    assert ExecutorOptions(workers=8, runs_per_gpu=4, gpus=2).resources() == Resources(2, 0.25)
 
 
 def _wait_until_two_run(proc: subprocess.Popen, runs) -> None:
@@ -53,7 +55,7 @@ def test_two_workers_run_each_job_once_side_by_side(tiny_tree, tmp_path) -> None
     spans = _spans(kids)
     assert any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))  # at once
     last = r.stdout.strip().splitlines()[-1]
-    assert last.startswith("tiny: 4 run(s) finished here by 2 workers, 0 already done, "
+    assert last.startswith("tiny: 4 run(s) finished here, 0 already done, "
                            "0 failed; parent run ")
     assert "H" in r.stdout  # the verdict table of the spec's hypothesis
     parent = runs_df(tmp_path).query("`tags.cifarnet.role` == 'parent'").iloc[0]
@@ -83,7 +85,7 @@ def test_workers_add_seeds_until_decided_and_a_bare_spec_says_it_has_no_verdict(
     assert sorted(kids.loc[added == "true", "params.train.seed"]) == ["2", "2"]
     assert "anytime-valid: seeds 2 added by --until-decided" in r.stdout, r.stdout
     last = r.stdout.strip().splitlines()[-1]
-    assert last.startswith("tiny: 6 run(s) finished here by 2 workers, 0 already done, "), last
+    assert last.startswith("tiny: 6 run(s) finished here, 0 already done, "), last
     bare = write_spec(tmp_path, tiny_tree, name="bare", epochs=1,
                       factors={"model.residual_add": [True, False]}, seeds=[0])
     r = subprocess.run([EXE, "run", str(bare), "--workers", "2"], cwd=tmp_path,
@@ -116,9 +118,9 @@ def test_one_signal_stops_every_worker_cleanly(tiny_tree, tmp_path, sig, times) 
     assert proc.returncode == 128 + sig, err
     # one line for all: each worker's own "interrupted:" line is not passed on
     assert [line for line in err.splitlines() if "interrupted" in line] == [
-        "interrupted: 2 workers stopped (a run in progress ends KILLED); rerun to continue"]
-    kids = children(runs_df(tmp_path))
-    assert set(kids["status"]) == {"KILLED"} and len(kids) == 2
+        "interrupted: the grid stopped (a run in progress ends KILLED); rerun to continue"]
+    kids = children(runs_df(tmp_path))  # the two not started wait, SCHEDULED, for a rerun
+    assert sorted(kids["status"]) == ["KILLED", "KILLED", "SCHEDULED", "SCHEDULED"]
     ps = subprocess.run(["pgrep", "-f", f"cifarnet run {spec}"], capture_output=True,
                         text=True)
     assert ps.stdout == ""  # no worker left behind

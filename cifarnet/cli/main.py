@@ -287,7 +287,9 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
         from cifarnet.search.tune import load_trial_data, trial_jobs
 
         load_trial_data([j.config for j in trial_jobs(spec)])
-    elif storage is not None:
+    if spec.tune is not None or storage is not None:
+        _check_storage(workspace, storage)
+    if storage is not None and spec.tune is None:
         click.echo("note: --storage has no effect on a grid without a tune: block", err=True)
     if dry_run:
         _dry_run(spec, workspace, storage, options.executor.workers, not no_reuse,
@@ -319,13 +321,6 @@ def _dry_run(spec: Any, workspace: Any, storage: str | None, workers: int, reuse
     from cifarnet.tracking.startup import check_tracking_store
 
     jobs = spec.jobs()
-    if spec.tune is not None:  # the studies' storage checked, not opened
-        from cifarnet.queue.jobs import check_apart_from_tracking, check_storage_url
-
-        url = storage or workspace.storage_url
-        check_storage_url(url, workspace.storage_key(url),
-                          create_folder=url == workspace.embedded_storage_url)
-        check_apart_from_tracking(workspace, url)
     check_tracking_store(workspace)
     click.echo(_dry_run_table(spec, jobs))
     click.echo(_dry_run_estimate(spec, jobs, workers, workspace, reuse=reuse))
@@ -334,6 +329,17 @@ def _dry_run(spec: Any, workspace: Any, storage: str | None, workers: int, reuse
     if note := no_hypotheses_line(spec):
         click.echo(note)
     click.echo("nothing was written (dry run)")
+
+
+def _check_storage(workspace: Any, storage: str | None) -> None:
+    """The studies' storage URL checked (read-only, one line naming what chose it), not
+    opened."""
+    from cifarnet.queue.jobs import check_apart_from_tracking, check_storage_url
+
+    url = storage or workspace.storage_url
+    check_storage_url(url, workspace.storage_key(url),
+                      create_folder=url == workspace.embedded_storage_url)
+    check_apart_from_tracking(workspace, url)
 
 
 def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
