@@ -24,7 +24,7 @@ import torch
 from cifarnet.config.schema import RunConfig, load_config
 from cifarnet.data.datasets import Dataset, load_data
 from cifarnet.training.callbacks import Callback
-from cifarnet.training.device import resolve_precision, select_device
+from cifarnet.hardware import resolve_precision, select_device
 from cifarnet.training.loop import train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])

@@ -32,7 +32,8 @@ from cifarnet.data.datasets import Dataset, load_data
 from cifarnet.data.loaders import eval_batches
 from cifarnet.model.cifarnet import CifarNet
 from cifarnet.training.bn import recal_images, recalibrate_bn
-from cifarnet.training.device import autocast_for, memory_format_for, resolve_precision
+from cifarnet.hardware import resolve_precision
+from cifarnet.training.device import autocast_for, memory_format_for
 from cifarnet.training.evaluation import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from cifarnet.config.schema import Precision, RunConfig
 from cifarnet.model.cifarnet import CifarNet
-from cifarnet.training.device import autocast_for, bf16_native, memory_format_for
+from cifarnet.hardware import bf16_native
+from cifarnet.training.device import autocast_for, memory_format_for
 from cifarnet.training.optim import build_optimizer
 
 

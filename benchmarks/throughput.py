@@ -25,9 +25,8 @@ from cifarnet.data.augment import albumentations_pipeline
 from cifarnet.data.datasets import load_data
 from cifarnet.model.cifarnet import CifarNet
 from cifarnet.training.callbacks import Callback
-from cifarnet.training.device import (autocast_for, in_layout, memory_format_for,
-                                      resolve_precision,
-                                      select_device)
+from cifarnet.hardware import resolve_precision, select_device
+from cifarnet.training.device import autocast_for, in_layout, memory_format_for
 from cifarnet.training.loop import train
 from cifarnet.training.optim import build_optimizer
 

@@ -33,7 +33,8 @@ from cifarnet.config.schema import RunConfig, load_config
 from cifarnet.data.datasets import Dataset, load_data
 from cifarnet.data.loaders import eval_batches
 from cifarnet.model.cifarnet import CifarNet
-from cifarnet.training.device import autocast_for, memory_format_for, resolve_precision
+from cifarnet.hardware import resolve_precision
+from cifarnet.training.device import autocast_for, memory_format_for
 from cifarnet.training.evaluation import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

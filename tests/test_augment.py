@@ -16,7 +16,7 @@ from cifarnet.data.augment import (
 )
 from cifarnet.data.datasets import load_data
 from cifarnet.data.loaders import AugmentSchedule, epoch_order, flip_only_start, make_loader
-from cifarnet.training.seeding import torch_gen
+from cifarnet.seeding import torch_gen
 
 N = 4000
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)

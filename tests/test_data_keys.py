@@ -13,7 +13,7 @@ from cifarnet.cli.main import main
 from cifarnet.config.schema import DataConfig
 from cifarnet.data.datasets import load_data
 from cifarnet.errors import DataError
-from cifarnet.tracking.keys import class_metric_keys, safe_key
+from cifarnet.data.keys import class_metric_keys, safe_key
 
 
 def mlflow_accepts(key: str) -> bool:

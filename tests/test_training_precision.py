@@ -9,7 +9,8 @@ from helpers import tiny_config
 
 from cifarnet.config.schema import Precision, RunConfig, build_config
 from cifarnet.errors import ConfigError
-from cifarnet.training import device as dev
+from cifarnet import hardware as dev
+from cifarnet.training.device import in_layout
 from cifarnet.training.callbacks import Callback
 from cifarnet.training.loop import METRICS, train
 
@@ -132,8 +133,8 @@ def test_channels_last_off_trains(tiny_tree, tmp_path) -> None:
     cfg = tiny_config(tiny_tree, tmp_path, {"train.channels_last": False})
     assert train(cfg).status == "finished"
     x = torch.zeros(2, 3, 4, 4)
-    assert dev.in_layout(x, torch.preserve_format) is x
-    assert dev.in_layout(x, torch.channels_last).is_contiguous(memory_format=torch.channels_last)
+    assert in_layout(x, torch.preserve_format) is x
+    assert in_layout(x, torch.channels_last).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_unknown_device_is_one_line_naming_the_key() -> None:

@@ -23,6 +23,7 @@ import yaml
 
 from cifarnet.config.yamlio import parse_plain_scalar, read_yaml_mapping
 from cifarnet.errors import ConfigError, clip, shown
+from cifarnet.hardware import Precision  # noqa: F401 (a config type; the hardware resolves it)
 
 MAX_SEED = 2**63 - 1  # seeds are logged and analysed as int64 (pandas, numpy)
 DEVICE_RE = re.compile(r"auto|cpu|mps|(?:cuda|xpu)(?::[0-9]{1,3})?")
@@ -40,18 +41,6 @@ def _opt(default: Any, doc: str, *, min: float | None = None, gt: float | None =
     return field(default=default,
                  metadata={"doc": doc, "min": min, "gt": gt, "max": max, "lt": lt,
                            "hashed": hashed, "hashed_when_set": hashed_when_set})
-
-
-class Precision(enum.StrEnum):
-    """The arithmetic of the forward and backward passes (`train.precision`).
-
-    `auto` resolves per run to bf16 where the device computes bf16 natively (CUDA with bf16
-    support; CPUs with AVX512-BF16 or AMX), else fp32; see `cifarnet.training.device`.
-    """
-
-    AUTO = "auto"
-    FP32 = "fp32"
-    BF16 = "bf16"
 
 
 # Keys that existed once, with what replaces them: an old config that uses one is refused
@@ -224,7 +213,7 @@ class RunConfig:
         canon = {k: v for k, v in flat.items() if _field_meta(k).get("hashed", True)
                  and not (_field_meta(k).get("hashed_when_set") and v == _default(k))}
         if canon.get("train.precision") == Precision.AUTO:
-            from cifarnet.training.device import resolve_precision, select_device
+            from cifarnet.hardware import resolve_precision, select_device
 
             canon["train.precision"] = str(resolve_precision(
                 Precision.AUTO, select_device(self.train.device)))

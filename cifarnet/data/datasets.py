@@ -44,7 +44,7 @@ from cifarnet.data.cache import (
 from cifarnet.data.decode import IMAGE_SIZE, decode_bytes
 from cifarnet.data.tree import IMAGE_SUFFIXES, SPLITS, TreeListing, list_tree
 from cifarnet.errors import DataError
-from cifarnet.tracking.keys import MetricKeyError, class_metric_keys
+from cifarnet.data.keys import MetricKeyError, class_metric_keys
 
 __all__ = ["CACHE_VERSION", "DATA_KEYS", "IMAGE_SIZE", "IMAGE_SUFFIXES", "Dataset", "Split",
            "channel_stats", "data_key", "load_data", "preload_data", "stratified_indices"]

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset as TorchDataset
 from cifarnet.config.schema import RunConfig
 from cifarnet.data.augment import AugmentParams, TorchAugment, albumentations_pipeline
 from cifarnet.data.datasets import Dataset, Split
-from cifarnet.training.seeding import seed_from, torch_gen
+from cifarnet.seeding import seed_from, torch_gen
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarnet.config.schema import ModelConfig
-from cifarnet.training.seeding import seed_from
+from cifarnet.seeding import seed_from
 
 
 class Add(nn.Module):

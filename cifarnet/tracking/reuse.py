@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cifarnet.tracking.keys import CLASS_NAMES_ARTIFACT
+from cifarnet.data.keys import CLASS_NAMES_ARTIFACT
 from cifarnet.training.evaluation import PREDICTIONS
 from cifarnet.tracking.tags import TAG_DATA, TAG_HASH, TAG_ROLE, Role
 

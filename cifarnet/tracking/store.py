@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from cifarnet.errors import UserError
 from cifarnet.model.summary import Summary, format_table, summarize
-from cifarnet.tracking.keys import CLASS_NAMES_ARTIFACT, class_metric_keys
+from cifarnet.data.keys import CLASS_NAMES_ARTIFACT, class_metric_keys
 from cifarnet.tracking.location import check_location
 from cifarnet.tracking.urls import sqlite_path
 from cifarnet.tracking.tags import (  # noqa: F401

@@ -36,7 +36,7 @@ from torch import nn
 from cifarnet.data.augment import TorchAugment
 from cifarnet.data.datasets import Split
 from cifarnet.training.device import in_layout
-from cifarnet.training.seeding import torch_gen
+from cifarnet.seeding import torch_gen
 
 
 def recal_images(split: Split, num_batches: int, batch_size: int, seed: int,

@@ -14,35 +14,10 @@ MPS); `bf16` forces it (emulated, slow, on CPUs without it); `fp32` never autoca
 from __future__ import annotations
 
 import contextlib
-import functools
-from pathlib import Path
 
 import torch
 
-from cifarnet.config.schema import Precision
-from cifarnet.errors import ConfigError
-
-# /proc/cpuinfo flags of the x86 instructions oneDNN uses for bf16 convolutions and matmuls.
-CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def select_device(name: str) -> torch.device:
-    """`auto`: CUDA, then Apple MPS, then the CPU; anything else is a torch device string.
-
-    Raises ConfigError naming `train.device` for a string torch does not parse.
-    """
-    if name != "auto":
-        try:
-            return torch.device(name)
-        except (RuntimeError, ValueError) as exc:
-            raise ConfigError(f"train.device: {name!r} is not a device (auto, cpu, cuda, "
-                              f"cuda:N, mps): {str(exc).splitlines()[0][:120]}") from None
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+from cifarnet.hardware import Precision
 
 
 def memory_format_for(device: torch.device, channels_last: bool) -> torch.memory_format:
@@ -58,52 +33,6 @@ def in_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tens
     if memory_format == torch.preserve_format:
         return x
     return x.contiguous(memory_format=memory_format)
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""
-    try:
-        text = CPUINFO.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on x86 CPUs with AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo at run time)."""
-    return bool(cpu_flags() & CPU_BF16_FLAGS)
-
-
-def cuda_has_native_bf16(device: torch.device) -> bool:
-    """True where the CUDA device computes bf16 in hardware (Ampere and later)."""
-    if not torch.cuda.is_available():
-        return False
-    with torch.cuda.device(device):
-        try:
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # older torch: no emulation argument
-            return torch.cuda.is_bf16_supported()
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively (see the module docstring)."""
-    if device.type == "cuda":
-        return cuda_has_native_bf16(device)
-    if device.type == "cpu":
-        return cpu_has_native_bf16()
-    return False
-
-
-def resolve_precision(precision: Precision | str, device: torch.device) -> Precision:
-    """`auto` -> bf16 where `device` computes it natively, else fp32; others unchanged."""
-    precision = Precision(precision)
-    if precision != Precision.AUTO:
-        return precision
-    return Precision.BF16 if bf16_native(device) else Precision.FP32
 
 
 def autocast_for(device: torch.device,

@@ -1,6 +1,6 @@
 """One training run, top to bottom: build, restore, then per epoch train, evaluate, checkpoint.
 
-Reproducibility: the run seed derives separate streams (see `cifarnet.training.seeding`):
+Reproducibility: the run seed derives separate streams (see `cifarnet.seeding`):
 "init" for the weights (per layer, see `paired_init`), ("order", epoch) for the data order,
 ("augment", epoch) for the augmentations, ("bn_recal", epoch) for the BatchNorm
 recalibration images (`training.bn`) and ("dropout", epoch) for the global RNG. On the CPU a
@@ -46,17 +46,12 @@ from cifarnet.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from cifarnet.training.device import (
-    autocast_for,
-    in_layout,
-    memory_format_for,
-    resolve_precision,
-    select_device,
-)
+from cifarnet.hardware import resolve_precision, select_device
+from cifarnet.training.device import autocast_for, in_layout, memory_format_for
 from cifarnet.training.ema import build_ema
 from cifarnet.training.evaluation import PREDICTIONS, evaluate, save_predictions
 from cifarnet.training.optim import build_optimizer, build_scheduler
-from cifarnet.training.seeding import seed_from
+from cifarnet.seeding import seed_from
 
 __all__ = ["CHECKPOINT", "METRICS", "DIVERGED_LOSS", "OnBadCheckpoint", "default_run_dir",
            "evaluate", "train", "build_optimizer", "build_scheduler", "memory_format_for",
