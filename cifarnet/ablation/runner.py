@@ -355,16 +355,19 @@ def _finished(grid: GridContext, jobs: list[Job]) -> set[str]:
 
 def _parent_run(queue: JobQueue, client: Any, experiment_id: str, spec: AblationSpec,
                 fingerprints: set[str]) -> str:
-    """The grid's parent run, shared by every worker of the queue."""
+    """The grid's parent run, shared by every worker of the queue. Its spec.yaml holds plain
+    values (a level such as `train.precision: bf16` as its text: YAML would write the enum
+    as a Python object that reading the spec back refuses)."""
+    written = {"name": spec.name, "description": spec.description, "base": spec.base,
+               "factors": spec.factors, "seeds": spec.seeds,
+               **({"match": str(spec.match)} if spec.match else {}),
+               **({"tune": spec.tune.to_dict()} if spec.tune else {}),
+               "hypotheses": [{**h.__dict__, "expect": str(h.expect)}
+                              for h in spec.hypotheses]}
     return shared_parent_run(
         client, experiment_id, queue.parent_slot(), queue.created,
         parent_run_name(spec.name, spec.base_config().train.epochs,
                         grid_id(spec, fingerprints)),
         {TAG_ROLE: Role.PARENT, TAG_SPEC: spec.name, TAG_NOTE: spec.description,
          TAG_GRID: grid_id(spec, fingerprints), TAG_DATA: ",".join(sorted(fingerprints))},
-        {"spec.yaml": {"name": spec.name, "description": spec.description, "base": spec.base,
-                       "factors": spec.factors, "seeds": spec.seeds,
-                       **({"match": str(spec.match)} if spec.match else {}),
-                       **({"tune": spec.tune.to_dict()} if spec.tune else {}),
-                       "hypotheses": [{**h.__dict__, "expect": str(h.expect)}
-                                      for h in spec.hypotheses]}})
+        {"spec.yaml": json.loads(json.dumps(written))})
