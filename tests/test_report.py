@@ -93,7 +93,7 @@ def fake_runs(values: dict[str, dict[int, float]]) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_next_jobs_adds_one_seed_to_undecided_cells_only() -> None:
-    a, b = "residual_add=true,dilation=2", "residual_add=false,dilation=2"
+    a, b = "dilation=2,residual_add=true", "dilation=2,residual_add=false"
     noisy = {a: {0: 0.81, 1: 0.80}, b: {0: 0.80, 1: 0.805}}
     jobs = next_jobs(SPEC, analyze(SPEC, fake_runs(noisy)), max_seeds=5)
     assert {j.cell.label for j in jobs} == {a, b} and {j.seed for j in jobs} == {2}
@@ -112,7 +112,7 @@ def test_next_jobs_adds_one_seed_to_undecided_cells_only() -> None:
 @pytest.mark.slow
 def test_run_until_decided_keeps_adding_seeds() -> None:
     """A constructed inconclusive case: noisy at first, a steady gap on the added seeds."""
-    a, b = "residual_add=true,dilation=2", "residual_add=false,dilation=2"
+    a, b = "dilation=2,residual_add=true", "dilation=2,residual_add=false"
     values = {a: {0: 0.81, 1: 0.80}, b: {0: 0.80, 1: 0.805}}
     batches: list[list] = []
 

@@ -170,7 +170,13 @@ def open_grid(spec: AblationSpec, workspace: Workspace, client: Any,
 
 
 def spec_record(spec: AblationSpec) -> dict[str, Any]:
-    """The spec as the parent run's `spec.yaml` artifact records it (reports read it)."""
+    """The spec as the parent run's `spec.yaml` artifact records it (reports read it), in
+    plain values: YAML would write an enum level (`train.precision: bf16`) as a Python
+    object that reading the spec back refuses."""
+    return json.loads(json.dumps(_spec_fields(spec)))
+
+
+def _spec_fields(spec: AblationSpec) -> dict[str, Any]:
     return {"name": spec.name, "description": spec.description, "base": spec.base,
             "factors": spec.factors, "seeds": spec.seeds,
             **({"match": str(spec.match)} if spec.match else {}),

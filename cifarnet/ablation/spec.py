@@ -10,6 +10,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -107,12 +108,13 @@ class AblationSpec:
     def arms(self) -> list[Cell]:
         """The cells a hypothesis names (its a and b sides), in the grid's order: the cells
         a `tune:` block tunes."""
-        named = [dict(side) for h in self.hypotheses for side in (h.a, h.b)]
-        return [c for c in self.cells() if c.levels in named]
+        named = {cell_identity(side) for h in self.hypotheses for side in (h.a, h.b)}
+        return [c for c in self.cells() if cell_identity(c.levels) in named]
 
     def with_tuned(self, best: Mapping[str, Mapping[str, Any]]) -> "AblationSpec":
-        """A copy whose arm cells train with their tuned parameters (cell label -> params)."""
-        return replace(self, tuned={k: dict(v) for k, v in best.items()})
+        """A copy whose arm cells train with their tuned parameters (cell label -> params;
+        a stored label in any part order, `canonical_label`)."""
+        return replace(self, tuned={self.canonical_label(k): dict(v) for k, v in best.items()})
 
     def reserved_seeds(self) -> set[int]:
         """Seeds the verdict runs never use (the tuning trials' seed)."""
@@ -232,7 +234,20 @@ class AblationSpec:
         return out
 
     def cell_of(self, side: Mapping[str, Any]) -> Cell:
-        return next(c for c in self.cells() if c.levels == dict(side))
+        """The cell of a hypothesis side, however it spells the cell (`cell_identity`)."""
+        ident = cell_identity(side)
+        return next(c for c in self.cells() if cell_identity(c.levels) == ident)
+
+    def canonical_label(self, label: str) -> str:
+        """The label of the cell a stored label names (a run's `cifarnet.cell` tag, an arm's
+        `cifarnet.arm`, a key of tuned.yaml), its `name=level` parts in any order: a store
+        written before labels were canonical lists them in its spec's factor order. The
+        label unchanged when it names no cell of the grid."""
+        return self._labels_by_parts.get(_label_parts(label), label)
+
+    @cached_property
+    def _labels_by_parts(self) -> dict[tuple[str, ...], str]:
+        return {_label_parts(c.label): c.label for c in self.cells()}
 
 
 def format_level(value: Any) -> str:
@@ -241,11 +256,27 @@ def format_level(value: Any) -> str:
     return str(value)
 
 
+def cell_identity(levels: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A cell's one identity, however a spec spells it: (dotted key, level) pairs ordered by
+    key, nested keys flattened (`model: {x: 1}` is `model.x`), each level as the config
+    schema coerces it (`1` and `1.0` of a float key are one level). Its label
+    (`cell_label`), and so the runs' `cifarnet.cell` tag, reuse, reports, tuning and results,
+    derive from it."""
+    flat = flatten_mapping(levels)
+    return tuple((k, coerce_value(k, flat[k])) for k in sorted(flat))
+
+
 def cell_label(levels: Mapping[str, Any]) -> str:
-    """`dilation=2,residual_add=false`: short names unless two factors share one."""
-    short = [k.split(".", 1)[1] for k in levels]
-    names = short if len(set(short)) == len(short) else list(levels)
-    return ",".join(f"{n}={format_level(v)}" for n, v in zip(names, levels.values())) or "base"
+    """`dilation=2,residual_add=false`: the cell's identity (`cell_identity`) with short
+    names unless two factors share one."""
+    ident = cell_identity(levels)
+    short = [k.split(".", 1)[1] for k, _ in ident]
+    names = short if len(set(short)) == len(short) else [k for k, _ in ident]
+    return ",".join(f"{n}={format_level(v)}" for n, (_, v) in zip(names, ident)) or "base"
+
+
+def _label_parts(label: str) -> tuple[str, ...]:
+    return tuple(sorted(label.split(",")))
 
 
 def resolve_spec_path(path: str | Path, kind: str = "ablations") -> Path:
@@ -408,13 +439,19 @@ def _parse_match(raw: Any, factors: Mapping[str, Any]) -> Match | None:
     return Match(raw)
 
 
+def _flat(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Dotted and nested keys alike (`model.x` or `model: {x: ...}`), as the base reads them."""
+    try:
+        return flatten_mapping(raw)
+    except ConfigError as exc:
+        raise SpecError(f"{where}.{exc}") from None
+
+
 def _parse_factors(raw: Any) -> dict[str, list[Any]]:
     if not isinstance(raw, Mapping) or not raw:
         raise SpecError("factors: expected a non-empty mapping of config key -> list of levels")
     factors: dict[str, list[Any]] = {}
-    for key, levels in raw.items():
-        if not isinstance(key, str):
-            raise SpecError(f"factors.{shown(key)}: keys must be strings")
+    for key, levels in _flat(raw, "factors").items():
         where = f"factors.{clip(key)}"
         if key == "train.seed":
             raise SpecError(f"{where}: seeds are given by the top-level `seeds` list")
@@ -526,9 +563,7 @@ def _parse_side(raw: Any, where: str, spec: AblationSpec) -> dict[str, Any]:
         raise SpecError(f"{where}: expected a mapping of factor -> level, e.g. "
                         f"{{{next(iter(spec.factors))}: ...}}")
     side: dict[str, Any] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str):
-            raise SpecError(f"{where}.{shown(key)}: keys must be strings")
+    for key, value in _flat(raw, where).items():
         try:
             side[key] = coerce_value(key, value, f"{where}.")
         except ConfigError as exc:

@@ -26,6 +26,7 @@ from cifarnet.analysis.time_to import parse_time_to
 from cifarnet.analysis.verdicts import (
     Analysis,
     analyze,
+    check_matched,
     effects_table,
     hypotheses_table,
 )
@@ -48,7 +49,8 @@ def analyze_grid(spec_or_experiment: str | ParentRun, workspace: Workspace | Non
                  with_history: bool = True, with_predictions: bool = False) -> Analysis:
     """The analysis of a grid's latest runs, read back from the workspace's store;
     `with_predictions` also downloads the runs' test predictions for McNemar's test per
-    seed (one artifact per run of a hypothesis's cells)."""
+    seed (one artifact per run of a hypothesis's cells). Raises UserError for a hypothesis
+    without pairs whose runs finished (`verdicts.check_matched`)."""
     grid = spec_or_experiment if isinstance(spec_or_experiment, ParentRun) else (
         find_parent_run(spec_or_experiment, workspace))
     # an `epochs_to:` hypothesis is read from the per-epoch histories
@@ -60,7 +62,9 @@ def analyze_grid(spec_or_experiment: str | ParentRun, workspace: Workspace | Non
         done = runs[runs["cell"].isin(cells) & (runs["status"] == "FINISHED")]
         predictions = load_predictions(grid.workspace, list(done["run_id"]))
     tuning = load_tuning(grid) if grid.spec.tune is not None else None
-    return analyze(grid.spec, runs, grid_source(grid), predictions, tuning)
+    analysis = analyze(grid.spec, runs, grid_source(grid), predictions, tuning)
+    check_matched(grid.spec, runs, analysis.verdicts)  # runs that finished, yet no pair: ours
+    return analysis
 
 
 def grid_source(grid: ParentRun) -> GridSource:

@@ -363,15 +363,14 @@ def _yaml_text(value: Any) -> str:
 
 def spec_changes(ran: Any, written: Any) -> list[str]:
     """How the grid's spec as it ran (`ran`, logged on its parent run) differs from the spec
-    file as written (`written`): base keys, factors, seeds, match, tune; [] when alike."""
-    from cifarnet.config.schema import flatten_mapping
-
+    file as written (`written`): base keys, factors, seeds, match, tune; [] when alike. The
+    bases are compared as configs, so a default written out in one and left out in the other
+    is no change."""
+    c_ran, c_file = ran.base_config().flatten(), written.base_config().flatten()
     out = []
-    b_ran, b_file = flatten_mapping(ran.base), flatten_mapping(written.base)
-    for key in sorted(set(b_ran) | set(b_file)):
-        if b_ran.get(key) != b_file.get(key):
-            out.append(f"{key}={_yaml_text(b_ran.get(key, 'default'))} (the file: "
-                       f"{_yaml_text(b_file.get(key, 'default'))})")
+    for key in sorted(k for k in c_ran if c_ran[k] != c_file[k]):
+        out.append(f"{key}={_yaml_text(ran.base.get(key, 'default'))} (the file: "
+                   f"{_yaml_text(written.base.get(key, 'default'))})")
     for name in ("factors", "seeds", "match"):
         if getattr(ran, name) != getattr(written, name):
             out.append(f"{name} {getattr(ran, name)} (the file: {getattr(written, name)})")

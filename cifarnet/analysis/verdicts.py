@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from cifarnet.ablation.spec import AblationSpec, Hypothesis, format_level
+from cifarnet.ablation.spec import AblationSpec, Hypothesis, Job, format_level
 from cifarnet.analysis.tuning import TuningCurve, tuning_curves
 from cifarnet.analysis.chance import did_not_learn
 from cifarnet.analysis.multiple import adjusted_verdict, holm_adjust
@@ -35,6 +35,7 @@ from cifarnet.analysis.stats import (
     factorial_effects,
     verdict_p_value,
 )
+from cifarnet.errors import UserError
 
 TARGET_ACC = 0.85
 CLASS_PREFIX = "metrics.test_acc_class."
@@ -283,6 +284,41 @@ def analyze(spec: AblationSpec, runs: pd.DataFrame,
     curves = tuning_curves(tuning) if tuning is not None and len(tuning) else []
     return Analysis(spec, variants_table(spec, runs), verdicts, effects, runs, label,
                     describe(runs, source), test_set, curves)
+
+
+def check_matched(spec: AblationSpec, runs: pd.DataFrame, verdicts: list[Verdict]) -> None:
+    """Refuse a hypothesis that has no seed with both sides although its runs finished: a
+    side whose cell matched no run while the runs of its jobs (by config hash), or runs
+    tagged with no cell of the grid, finished is cifarnet-exp failing to read its own store,
+    never an inconclusive verdict. Raises UserError naming the hypothesis, each cell that
+    matched no run and why."""
+    if not len(runs):
+        return
+    done = runs[runs["status"] == "FINISHED"]
+    labels = {c.label for c in spec.cells()}
+    strays = sorted({str(c) for c in done["cell"]} - labels)
+    jobs: list[Job] | None = None
+    for v in verdicts:
+        if v.comparison.n:
+            continue
+        why = []
+        for cell in dict.fromkeys((v.a_cell, v.b_cell)):
+            if (runs["cell"] == cell).any():
+                continue
+            jobs = spec.settled_jobs() if jobs is None else jobs
+            hashes = {j.config_hash for j in jobs if j.cell.label == cell}
+            theirs = done[done["config_hash"].isin(hashes)]
+            if len(theirs):
+                why.append(f"cell {cell} matched no run, though {len(theirs)} run(s) of its "
+                           "jobs finished, tagged cifarnet.cell "
+                           + ", ".join(sorted({str(c) for c in theirs["cell"]})))
+            elif strays:
+                why.append(f"cell {cell} matched no run, while finished runs carry a "
+                           f"cifarnet.cell tag naming no cell of the grid: {', '.join(strays)}")
+        if why:
+            raise UserError(f"hypothesis {v.hypothesis.id}: no seed has both sides although "
+                            f"its runs finished: {'; '.join(why)} (cifarnet-exp did not match "
+                            "the runs to their cells; this is not a verdict)")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -328,12 +328,15 @@ def flatten_mapping(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
             raise ConfigError(f"{prefix}{shown(key)}: keys must be strings")
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and dotted in SECTIONS:
-            out.update(flatten_mapping(value, dotted + "."))
+            inner = flatten_mapping(value, dotted + ".")
         elif isinstance(value, Mapping) and "." not in dotted:
             raise ConfigError(f"{clip(dotted)}: unknown section (expected one of "
                               f"{', '.join(SECTIONS)})")
         else:
-            out[dotted] = value
+            inner = {dotted: value}
+        for k in inner.keys() & out.keys():  # `model.x` and `model: {x}`: one key, two names
+            raise ConfigError(f"{clip(k)}: given twice, once dotted and once nested")
+        out.update(inner)
     return out
 
 

@@ -101,12 +101,12 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
         grid = open_grid(spec, workspace, client, data)
     if estimate is not None and grid.created:
         log_estimate(grid, estimate())
-    recorded = tuned_values(grid.client, grid.parent_run_id)
-    if recorded and all(c.label in recorded for c in spec.arms()):
+    recorded = spec.with_tuned(tuned_values(grid.client, grid.parent_run_id))
+    if recorded.tuned and all(c.label in recorded.tuned for c in spec.arms()):
         # tuned before: the studies are complete (their budget is the grid's identity), so
         # none is reopened (a reopened study's run would get a new end time)
         listener.message("every arm was tuned before (tuned.yaml on the grid's parent run)")
-        return spec.with_tuned(recorded), []
+        return recorded, []
     waited = False
     try:
         while True:

@@ -6,8 +6,9 @@
 Both functions read the store of a `Workspace` (default: the working directory's, as the CLI
 resolves it).
 
-Columns: run_id, status, cell, seed, seed_added (True for a seed `--until-decided` added beyond
-the spec's list: tag `cifarnet.seed_added`), config_hash, every logged param as
+Columns: run_id, status, cell (the canonical label of the cell its `cifarnet.cell` tag names,
+`AblationSpec.canonical_label`), seed, seed_added (True for a seed `--until-decided` added
+beyond the spec's list: tag `cifarnet.seed_added`), config_hash, every logged param as
 `params.<key>`, every final metric as `metrics.<name>`, and `history` (test accuracy per epoch)
 when asked for.
 """
@@ -175,6 +176,8 @@ def load_runs(spec_or_experiment: str | ParentRun, with_history: bool = False,
         return pd.DataFrame(columns=["run_id", "status", "cell", "seed", "seed_added",
                                      "config_hash"])
     df = df.rename(columns={f"tags.{TAG_CELL}": "cell", f"tags.{TAG_HASH}": "config_hash"})
+    # the cell's canonical label, whatever order the tag lists its levels in
+    df["cell"] = [grid.spec.canonical_label(c) if isinstance(c, str) else c for c in df["cell"]]
     df["seed"] = df[f"tags.{TAG_SEED}"].astype(int)
     df["seed_added"] = (df[f"tags.{TAG_SEED_ADDED}"] == "true" if f"tags.{TAG_SEED_ADDED}"
                         in df.columns else False)
@@ -261,7 +264,8 @@ def load_tuning(grid: ParentRun) -> pd.DataFrame:
                  if str(c).startswith(f"params.{PARAM_TUNED}") and isinstance(v, str)}
         best = study.get(f"tags.{TAG_BEST_TRIAL}")
         for _, t in trials.iterrows():
-            rows.append({"cell": study.get(f"tags.{TAG_ARM}") or study.get(f"tags.{TAG_CELL}"),
+            arm = study.get(f"tags.{TAG_ARM}") or study.get(f"tags.{TAG_CELL}")
+            rows.append({"cell": grid.spec.canonical_label(arm) if isinstance(arm, str) else arm,
                          "trial": int(t[f"tags.{TAG_OPTUNA_TRIAL_NUMBER}"]),
                          "state": t.get(f"tags.{TAG_OPTUNA_STATE}"),
                          "val_acc": t.get("metrics.val_acc"), "run_id": t["run_id"],
