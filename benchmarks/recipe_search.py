@@ -55,7 +55,7 @@ def main() -> None:
 
     from cifarnet.queue.jobs import make_storage
     from cifarnet.search.report import load_study
-    from cifarnet.search.spec import load_search_spec
+    from cifarnet.spec.search import load_search_spec
     from cifarnet.search.study import FINAL_ATTR, final_data
     from cifarnet.workspace import Workspace
 

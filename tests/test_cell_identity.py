@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cifarnet.ablation.spec import SHIPPED_ROOT, cell_label, parse_spec
+from cifarnet.spec.ablation import SHIPPED_ROOT, cell_label, parse_spec
 from cifarnet.analysis.report import analyze_grid
 from cifarnet.analysis.results import spec_changes
 from cifarnet.cli.main import main

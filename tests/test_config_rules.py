@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import search_spec
 
-from cifarnet.ablation.spec import SpecError, load_spec, parse_spec
-from cifarnet.search.spec import load_search_spec, parse_search_spec
+from cifarnet.spec.ablation import SpecError, load_spec, parse_spec
+from cifarnet.spec.search import load_search_spec, parse_search_spec
 
 GRID = {
     "name": "t",

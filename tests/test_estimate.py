@@ -84,7 +84,7 @@ def test_the_grid_estimate_adds_start_up_and_per_run_costs(tiny_tree, tmp_path, 
     12 runs predicted from epochs alone were 26% to 42% short (BENCHMARKS.md)."""
     import cifarnet.training.probe as probe_module
     from cifarnet.ablation.estimate import RUN_OVERHEAD_S, estimate_grid
-    from cifarnet.ablation.spec import load_spec
+    from cifarnet.spec.ablation import load_spec
     from cifarnet.data.datasets import preload_data
 
     assert RUN_OVERHEAD_S == 1.0

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from helpers import make_tree, search_spec
 
 from cifarnet.cli.main import main
-from cifarnet.search.spec import parse_search_spec
+from cifarnet.spec.search import parse_search_spec
 from cifarnet.search.study import SPEC_ATTR
 
 GRID = {

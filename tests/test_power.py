@@ -19,7 +19,8 @@ from cifarnet.analysis.power import (
     seeds_for_rope,
     spread_of,
 )
-from cifarnet.analysis.stats import Expect, refuted_mask, supported_mask
+from cifarnet.analysis.stats import refuted_mask, supported_mask
+from cifarnet.spec.metrics import Expect
 from cifarnet.cli.main import main
 
 

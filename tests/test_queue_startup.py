@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import EXE, children, runs_df, write_spec
 
-from cifarnet.ablation.spec import load_spec
+from cifarnet.spec.ablation import load_spec
 from cifarnet.data.datasets import preload_data
 from cifarnet.errors import StoreError
 from cifarnet.queue.jobs import make_storage

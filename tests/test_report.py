@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from helpers import children, runs_df, search_spec, write, write_spec
 
 from cifarnet.ablation.adaptive import next_jobs, run_until_decided
-from cifarnet.ablation.spec import parse_spec
+from cifarnet.spec.ablation import parse_spec
 from cifarnet.analysis.verdicts import analyze
 from cifarnet.cli.main import main
 from cifarnet.tracking.results import load_runs

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from helpers import EXE, REPO, children, make_tree, runs_df, write_spec
 
-from cifarnet.ablation.spec import load_spec
+from cifarnet.spec.ablation import load_spec
 from cifarnet.analysis.results import load_claims
 from cifarnet.errors import UserError
 

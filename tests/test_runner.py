@@ -18,7 +18,7 @@ from helpers import (EXE, children, make_tree, running_epochs, runs_df, signal_w
                      write_spec)
 from pg import free_port
 
-from cifarnet.ablation.spec import load_spec
+from cifarnet.spec.ablation import load_spec
 from cifarnet.cli.main import main
 from cifarnet.config.schema import DataConfig
 from cifarnet.data.datasets import load_data

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from helpers import EXE, REPO, search_spec, study_of, trial_runs, write
 
-from cifarnet.ablation.spec import SpecError
+from cifarnet.spec.ablation import SpecError
 from cifarnet.cli.main import main
-from cifarnet.search.spec import load_search_spec, parse_search_spec
+from cifarnet.spec.search import load_search_spec, parse_search_spec
 from cifarnet.search.study import report_epoch
 
 
@@ -214,7 +214,7 @@ def test_a_trial_failed_by_another_worker_while_it_trained_is_an_outcome(tiny_tr
     it while it still trains: the search goes on (Optuna's optimize would raise "Cannot tell
     a FAIL trial"), the retry runs the same parameters, the superseded run says so."""
     from cifarnet.queue.jobs import make_storage
-    from cifarnet.search.spec import load_search_spec
+    from cifarnet.spec.search import load_search_spec
     from cifarnet.search.study import run_search
     from cifarnet.training.callbacks import Callback
     from cifarnet.workspace import Workspace
@@ -252,7 +252,7 @@ def test_a_stop_while_a_trial_draws_its_parameters_loses_no_trial(tiny_tree, tmp
     now fixes the parameters drawn so far and draws the rest; the search ends with `n_trials`
     COMPLETE trials."""
     import cifarnet.search.study as study_module
-    from cifarnet.search.spec import load_search_spec
+    from cifarnet.spec.search import load_search_spec
     from cifarnet.search.study import counted_trials, run_search
     from cifarnet.workspace import Workspace
 
@@ -351,7 +351,7 @@ def test_the_final_retraining_folds_the_validation_images_back_in(tiny_tree, tmp
     the held-out test's retraining, "on train + validation", trains on 140 (it trained on
     100, the validation images left out)."""
     from cifarnet.data.datasets import load_data
-    from cifarnet.search.spec import parse_search_spec
+    from cifarnet.spec.search import parse_search_spec
     from cifarnet.search.study import final_data
 
     raw = search_spec(tiny_tree, tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cifarnet.ablation.spec import SpecError, load_spec, parse_spec
+from cifarnet.spec.ablation import SpecError, load_spec, parse_spec
 from cifarnet.cli.main import main
 from cifarnet.config.schema import config_keys, is_result_key
 from cifarnet.errors import UserError
@@ -321,7 +321,7 @@ def test_progress_lines_with_markup_do_not_crash() -> None:
 
 def test_bare_names_find_the_shipped_specs(monkeypatch) -> None:
     """`run dilation_add` works like `report dilation_add` (issue 13)."""
-    from cifarnet.search.spec import load_search_spec
+    from cifarnet.spec.search import load_search_spec
 
     monkeypatch.chdir(REPO)
     assert load_spec("dilation_add").name == "dilation_add"

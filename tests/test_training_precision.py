@@ -73,7 +73,7 @@ def test_a_grid_continued_on_a_machine_of_another_precision_is_another_grid(monk
     with its own parent, queue and jobs, so no cell ever pairs an fp32 run with a bf16 run;
     `--set train.precision=fp32` there continues the fp32 grid's jobs."""
     from cifarnet.ablation.execute import grid_id
-    from cifarnet.ablation.spec import load_spec
+    from cifarnet.spec.ablation import load_spec
 
     spec = load_spec("dilation_add").with_sets(["train.device=cpu"])
     ids, jobs = {}, {}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from helpers import EXE, make_tree, signal_when
 
-from cifarnet.ablation.spec import SpecError, parse_spec
+from cifarnet.spec.ablation import SpecError, parse_spec
 from cifarnet.analysis.tuning import expected_max
 from cifarnet.search.study import SURPLUS, counted_trials
 

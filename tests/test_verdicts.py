@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cifarnet.ablation.adaptive import next_jobs
-from cifarnet.ablation.spec import parse_spec
+from cifarnet.spec.ablation import parse_spec
 from cifarnet.analysis.chance import above_chance_p, chance_threshold, did_not_learn
 from cifarnet.analysis.multiple import adjusted_verdict, holm_adjust
 from cifarnet.analysis.plots import class_deltas_figure, curves_figure

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from cifarnet.ablation.spec import AblationSpec, Job
+from cifarnet.spec.ablation import AblationSpec, Job
 from cifarnet.analysis.verdicts import Analysis, undecided_cells
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cifarnet.ablation.spec import AblationSpec, Job
+from cifarnet.spec.ablation import AblationSpec, Job
 from cifarnet.data.datasets import Dataset, data_key
 
 

@@ -32,7 +32,7 @@ from cifarnet.ablation.jobs import (
     heartbeat_value,
     run_job,
 )
-from cifarnet.ablation.spec import AblationSpec, Job
+from cifarnet.spec.ablation import AblationSpec, Job
 from cifarnet.data.datasets import Dataset, data_key, preload_data
 from cifarnet.errors import UserError
 from cifarnet.execute.base import Executor, ExecutorOptions, make_executor

@@ -40,7 +40,8 @@ from itertools import combinations
 import numpy as np
 from scipy import stats as st
 
-from cifarnet.analysis.stats import CONFIDENCE, Expect
+from cifarnet.analysis.stats import CONFIDENCE
+from cifarnet.spec.metrics import Expect
 
 POWER = 0.8
 MAX_SEEDS = 1000

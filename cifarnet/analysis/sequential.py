@@ -39,7 +39,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cifarnet.analysis.stats import NO_INTERVAL, Expect, Outcome, decide, has_spread
+from cifarnet.analysis.stats import NO_INTERVAL, Outcome, decide, has_spread
+from cifarnet.spec.metrics import Expect
 
 ALPHA = 0.05
 RHO = 0.3

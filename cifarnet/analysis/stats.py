@@ -51,6 +51,8 @@ from enum import StrEnum
 import numpy as np
 from scipy import stats as st
 
+from cifarnet.spec.metrics import Expect
+
 CONFIDENCE = 0.95
 BOOTSTRAP_MIN_N = 5
 WILCOXON_MIN_N = 6
@@ -58,14 +60,6 @@ PAIRING_MIN_N = 3
 MAX_SEEDS_ESTIMATE = 1000
 NO_INTERVAL = (-math.inf, math.inf)
 EQUAL_TOL = 1e-9
-
-
-class Expect(StrEnum):
-    """What a hypothesis claims about a - b."""
-
-    GREATER = "a > b"
-    LESS = "a < b"
-    EQUAL = "a == b"
 
 
 class Outcome(StrEnum):

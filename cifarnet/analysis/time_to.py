@@ -22,41 +22,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 
-PREFIX = "epochs_to:"
-HISTORY_METRICS = ("test_acc", "val_acc")  # the per-epoch histories a report loads
-_PATTERN = re.compile(rf"{PREFIX}({'|'.join(HISTORY_METRICS)})>=([0-9]*\.?[0-9]+)")
+from cifarnet.spec.metrics import TimeToTarget, parse_time_to  # noqa: F401
 
-
-@dataclass(frozen=True)
-class TimeToTarget:
-    """`epochs_to:<metric>>=<threshold>`: metric in HISTORY_METRICS, threshold in (0, 1]."""
-
-    metric: str
-    threshold: float
-
-    def __str__(self) -> str:
-        return f"{self.metric} >= {self.threshold:g}"
-
-
-def parse_time_to(metric: str) -> TimeToTarget | None:
-    """The target of an `epochs_to:` metric; None for any other metric name. Raises
-    ValueError for an `epochs_to:` name that is malformed or whose threshold is outside
-    (0, 1]."""
-    if not metric.startswith(PREFIX):
-        return None
-    m = _PATTERN.fullmatch(metric)  # not a trailing newline, ASCII digits only
-    if m is None:
-        raise ValueError(f"expected {PREFIX}<metric>>=<threshold> with a metric of "
-                         f"{', '.join(HISTORY_METRICS)}, e.g. {PREFIX}test_acc>=0.80; "
-                         f"got {metric!r}")
-    threshold = float(m[2])
-    if not 0 < threshold <= 1:
-        raise ValueError(f"{metric}: the threshold is an accuracy in (0, 1]")
-    return TimeToTarget(m[1], threshold)
 
 
 def epochs_to(history: Sequence[float], threshold: float) -> int | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from cifarnet.ablation.spec import AblationSpec, Hypothesis, Job, format_level
+from cifarnet.spec.ablation import AblationSpec, Hypothesis, Job, format_level
 from cifarnet.analysis.tuning import TuningCurve, tuning_curves
 from cifarnet.analysis.chance import did_not_learn
 from cifarnet.analysis.multiple import adjusted_verdict, holm_adjust

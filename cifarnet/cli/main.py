@@ -270,7 +270,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-    from cifarnet.ablation.spec import MAX_RUNS, load_spec
+    from cifarnet.spec.ablation import MAX_RUNS, load_spec
 
     spec = load_spec(spec_path)
     if assignments:  # run-config keys into the base; tune.* into the tune block
@@ -696,7 +696,7 @@ def results_cmd(claims_path: str, out_file: str, force: bool) -> None:
 
     quiet_libraries()
 
-    from cifarnet.ablation.spec import load_spec
+    from cifarnet.spec.ablation import load_spec
     from cifarnet.analysis.report import analyze_grid
     from cifarnet.analysis.results import (
         check_claims,
@@ -779,13 +779,13 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-    from cifarnet.ablation.spec import MAX_RUNS
+    from cifarnet.spec.ablation import MAX_RUNS
     from cifarnet.cli.progress import DecodeProgress, SearchProgress
     from cifarnet.cli.signals import stop_on_signals
     from cifarnet.cli.workers import SearchEvents
     from cifarnet.config.schema import parse_assignments
     from cifarnet.data.datasets import load_data
-    from cifarnet.search.spec import load_search_spec
+    from cifarnet.spec.search import load_search_spec
     from cifarnet.search.study import run_search
     from cifarnet.tracking.urls import masked
     from cifarnet.training.callbacks import StopOnEvent
@@ -898,10 +898,10 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-    from cifarnet.ablation.spec import SpecError
+    from cifarnet.spec.ablation import SpecError
     from cifarnet.queue.jobs import check_storage_url, open_storage, storage_exists
     from cifarnet.search.report import load_study, markdown, write_plots
-    from cifarnet.search.spec import load_search_spec
+    from cifarnet.spec.search import load_search_spec
     from cifarnet.search.study import SPEC_ATTR
     from cifarnet.tracking.urls import masked
 

@@ -22,7 +22,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from cifarnet.ablation.spec import SpecError
+from cifarnet.spec.ablation import SpecError
 from cifarnet.config.schema import RunConfig
 from cifarnet.data.datasets import Dataset, load_data
 from cifarnet.errors import UserError
@@ -36,7 +36,7 @@ from cifarnet.queue.jobs import (
     open_study,
 )
 from cifarnet.queue.retry import retry_setup
-from cifarnet.search.spec import SearchSpec
+from cifarnet.spec.search import SearchSpec
 from cifarnet.tracking.reuse import copy_run, find_trial_source
 from cifarnet.tracking.runs import all_runs, fail_stale_run, tracked_run
 from cifarnet.tracking.startup import check_tracking_store

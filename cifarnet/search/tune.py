@@ -2,7 +2,7 @@
 
 A comparison at one fixed recipe can credit or blame an architecture for what is a recipe
 mismatch (Melis, Dyer & Blunsom 2018, ICLR; Dodge et al. 2019, EMNLP). With a `tune:` block
-(`cifarnet.search.spec.TuneBlock`), `cifarnet-exp run` first gives every cell a hypothesis
+(`cifarnet.spec.search.TuneBlock`), `cifarnet-exp run` first gives every cell a hypothesis
 names (an arm) its own Optuna study with exactly the same budget: the same space, trials,
 epochs per trial, validation split, trial seed, sampler and pruner. The trials train on the
 training split minus the validation split and hold no test split at all
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cifarnet.ablation.execute import GridListener, launcher_lock, log_estimate, open_grid
-from cifarnet.ablation.spec import AblationSpec, Cell, Job
+from cifarnet.spec.ablation import AblationSpec, Cell, Job
 from cifarnet.data.datasets import Dataset, data_key, preload_data
 from cifarnet.errors import UserError
-from cifarnet.search.spec import arm_search_spec
+from cifarnet.spec.search import arm_search_spec
 from cifarnet.search.study import Nest, run_search
 from cifarnet.tracking.results import TUNED_ARTIFACT, tuned_values
 from cifarnet.tracking.store import setup_mlflow

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from cifarnet.ablation.spec import AblationSpec, parse_spec, resolve_spec_path
+from cifarnet.spec.ablation import AblationSpec, parse_spec, resolve_spec_path
 from cifarnet.config.yamlio import safe_load
 from cifarnet.errors import UserError
 from cifarnet.queue.retry import retry_setup
@@ -107,7 +107,7 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     client = setup_mlflow(workspace)
     name = spec_or_experiment
     try:
-        from cifarnet.ablation.spec import load_spec
+        from cifarnet.spec.ablation import load_spec
 
         name = load_spec(resolve_spec_path(spec_or_experiment)).name
     except UserError:

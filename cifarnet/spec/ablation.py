@@ -15,8 +15,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cifarnet.analysis.stats import Expect
-from cifarnet.analysis.time_to import parse_time_to
 from cifarnet.config.schema import (
     MAX_SEED,
     RunConfig,
@@ -27,6 +25,12 @@ from cifarnet.config.schema import (
 )
 from cifarnet.config.yamlio import read_yaml_mapping
 from cifarnet.errors import ConfigError, UserError, clip, shown
+from cifarnet.spec.metrics import (
+    HYPOTHESIS_METRICS as METRICS,
+    VAL_METRICS,
+    Expect,
+    parse_time_to,
+)
 
 # A spec name becomes an MLflow experiment name (at most 500 characters), part of an Optuna
 # study name (512), a run name (250) and a folder name (255 bytes): 64 characters, starting
@@ -46,8 +50,6 @@ class Match(StrEnum):
     PARAMS = "params"  # model.width set per cell: parameters within 1% of the base config's
 HYPOTHESIS_KEYS = {"id", "claim", "metric", "a", "b", "expect", "rope"}
 EXPECTATIONS = {str(e) for e in Expect}
-METRICS = {"test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss"}
-VAL_METRICS = {"val_acc", "val_loss"}
 SPECS_ROOT = Path("experiments")  # a project's own specs, under the working folder
 # the specs shipped with cifarnet-exp (beside the package in a checkout or editable install)
 SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "experiments"
@@ -100,7 +102,7 @@ class AblationSpec:
     hypotheses: list[Hypothesis] = field(default_factory=list)
     path: str = ""
     match: Match | None = None
-    # `tune:` (a `cifarnet.search.spec.TuneBlock`): every arm is tuned before the verdict
+    # `tune:` (a `cifarnet.spec.search.TuneBlock`): every arm is tuned before the verdict
     tune: Any = None
     # cell label -> the best parameters of its arm's study, once tuned (`with_tuned`)
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -173,7 +175,7 @@ class AblationSpec:
             return spec
         if spec.tune is None:
             raise SpecError(f"--set {clip(tune_sets[0])}: the spec has no tune block")
-        from cifarnet.search.spec import TUNE_SETTABLE, parse_tune_block
+        from cifarnet.spec.search import TUNE_SETTABLE, parse_tune_block
 
         raw = spec.tune.to_dict()
         for a in tune_sets:
@@ -211,7 +213,7 @@ class AblationSpec:
         named_sets = set_names(sets)
         _check_cells(merged, self.factors, f"{named_sets}: ")
         if self.tune is not None:
-            from cifarnet.search.spec import check_tune_extremes
+            from cifarnet.spec.search import check_tune_extremes
 
             check_tune_extremes(self.tune, merged, self.factors, f"{named_sets}: tune.space.")
         for key in sets:
@@ -411,7 +413,7 @@ def parse_spec(raw: Mapping[str, Any], path: str = "") -> AblationSpec:
     hypotheses = _parse_hypotheses(raw.get("hypotheses") or [], spec)
     spec = replace(spec, hypotheses=hypotheses)
     if raw.get("tune") is not None:
-        from cifarnet.search.spec import parse_tune_block
+        from cifarnet.spec.search import parse_tune_block
 
         if not hypotheses:
             raise SpecError("tune: no hypothesis names a cell to tune; add hypotheses, or "

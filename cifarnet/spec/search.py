@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cifarnet.ablation.spec import (
+from cifarnet.spec.ablation import (
     MAX_RUNS,
     SpecError,
     check_sets,
@@ -36,13 +36,13 @@ from cifarnet.config.schema import (
 from cifarnet.config.yamlio import read_yaml_mapping
 from cifarnet.data.datasets import DATA_KEYS
 from cifarnet.errors import ConfigError, clip, shown
+from cifarnet.spec.metrics import OBJECTIVE_METRICS
 
 SEARCH_KEYS = {"name", "description", "base", "space", "objective", "objectives", "n_trials",
                "sampler", "pruner"}
 PARAM_TYPES = {"float": {"type", "low", "high", "log", "step"},
                "int": {"type", "low", "high", "log", "step"},
                "categorical": {"type", "choices"}}
-OBJECTIVE_METRICS = {"val_acc", "val_loss", "train_acc", "train_loss", "params", "macs"}
 SAMPLERS = {"tpe": {"type", "seed", "n_startup_trials", "multivariate"},
             "random": {"type", "seed"}, "nsgaii": {"type", "seed", "population_size"}}
 PRUNERS = {"median": {"type", "n_startup_trials", "n_warmup_steps"},
