@@ -1,0 +1,1 @@
+"""Executors: one interface that maps jobs onto workers (this machine, Ray, Slurm)."""
