@@ -28,7 +28,7 @@ from helpers import (
 )
 
 from cifarnet.cli.main import main
-from cifarnet.queue import retry
+from cifarnet.tracking import retry
 
 TERMINATED = "terminating connection due to administrator command"  # PostgreSQL's words
 

@@ -274,7 +274,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
 
         load_trial_data([j.config for j in trial_jobs(spec)])
     if dry_run:
-        from cifarnet.queue.jobs import check_apart_from_tracking, check_storage_url
+        from cifarnet.search.storage import check_apart_from_tracking, check_storage_url
         from cifarnet.tracking.startup import check_tracking_store
 
         url = storage or workspace.storage_url  # both stores checked, neither opened
