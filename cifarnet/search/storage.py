@@ -32,8 +32,9 @@ MAX_RETRY = 3  # a trial that went stale (or was interrupted) this often is left
 
 
 def quiet_optuna() -> None:
-    """Optuna logs warnings only, and no experimental-feature warnings (for terminal use)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    """Optuna logs errors only (a failed trial is said in one line by the search, not with
+    Optuna's traceback), and no experimental-feature warnings (for terminal use)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
