@@ -386,7 +386,8 @@ def fill_study(s: Search, objective: "_Objective", target: int,
 
 
 def tidy(s: Search) -> int:
-    """Fail the trials whose worker died before their first heartbeat, end FAILED the
+    """Fail the stale trials (Optuna's `fail_stale_trials`, which enqueues each again) and
+    those whose worker died before their first heartbeat, end FAILED the
     MLflow runs that dead workers left RUNNING, and return `counted_trials`.
 
     Optuna never counts a RUNNING trial without a heartbeat as stale: a worker killed
@@ -396,6 +397,9 @@ def tidy(s: Search) -> int:
     (`set_trial_state_values`) and enqueued again, as Optuna does with a stale one. A trial
     run (role trial, under the study's parent) still RUNNING whose trial has ended lost its
     worker (killed, or failed as stale): it is ended FAILED, status `stale`."""
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(s.study)  # Optuna's own, and its retry callback
     start = datetime.now() - timedelta(seconds=s.grace_period)
     for t in s.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(BEATING) != t.number and t.datetime_start is not None \
@@ -486,6 +490,15 @@ def _spec_dict(spec: SearchSpec) -> dict[str, Any]:
             "sampler": spec.sampler, "pruner": spec.pruner}
 
 
+def check_budget(trial: optuna.Trial, limit: int | None) -> None:
+    """Raise TrialFailed, the trial marked SURPLUS, when its slot is past `limit`: another
+    process asked at the same moment and took the last slot, and an arm of a tuned grid
+    gets exactly its budget, so this one is told FAIL untrained."""
+    if limit is not None and trial_slot(trial.study, trial.number) >= limit:
+        trial.set_user_attr(SURPLUS, True)
+        raise TrialFailed(f"trial {trial.number}: past the arm's {limit} trials")
+
+
 class _Objective:
     """One trial: its parameters, its MLflow run (resumed from the run its retried trial
     left, `mlflow_run_id`), its training, its value."""
@@ -512,11 +525,7 @@ class _Objective:
         # its first heartbeat, then the mark that it has one (`tidy`)
         self.s.storage.record_heartbeat(self.s.trial_id(trial.number))
         trial.set_user_attr(BEATING, trial.number)
-        if self.limit is not None and trial_slot(trial.study, trial.number) >= self.limit:
-            # another process asked at the same moment and took the last slot: an arm of a
-            # tuned grid gets exactly its budget, so this one is told FAIL untrained
-            trial.set_user_attr(SURPLUS, True)
-            raise TrialFailed(f"trial {trial.number}: past the arm's {self.limit} trials")
+        check_budget(trial, self.limit)
         cfg = self.base.replace(retry_setup(lambda: suggest(trial, self.spec)))
         tags = {TAG_ROLE: self.role, **self.arm, TAG_SPEC: self.spec.name,
                 TAG_OPTUNA_TRIAL_NUMBER: str(trial.number), TAG_HASH: cfg.hash(),
