@@ -359,4 +359,4 @@ def test_the_storage_url_reaches_the_search_workers_off_their_command_line(
                                   "--no-final"])
     assert r.exit_code == 0, r.output
     assert [pickle.loads(pickle.dumps(job)).storage_url for job in _Finished.items] == [url] * 2
-    assert not any("queue.db" in a for a in multiprocessing.spawn.get_command_line())
+    assert not any("queue.db" in str(a) for a in multiprocessing.spawn.get_command_line())
