@@ -338,7 +338,7 @@ def run_search(spec: SearchSpec, workspace: Workspace, *, storage_url: str | Non
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                     pruner=pruner, nest=nest)
     target = (until if until is not None else spec.n_trials if n_trials is None
-              else len(counted_trials(s.study)) + n_trials)
+              else retry_setup(lambda: len(counted_trials(s.study))) + n_trials)
     objective = _Objective(s, base, data.without_test(), callbacks,
                            limit=target if nest is not None else None)
     try:
@@ -366,12 +366,12 @@ def fill_study(s: Search, objective: "_Objective", target: int,
         if retry_setup(lambda: tidy(s)) >= target:
             study.stop()
 
-    if tidy(s) >= target:
+    if retry_setup(lambda: tidy(s)) >= target:
         return
     while True:
         try:
             s.study.optimize(objective, catch=(TrialFailed,), callbacks=[guard])
-            if len(counted_trials(s.study)) >= target:
+            if retry_setup(lambda: len(counted_trials(s.study))) >= target:
                 return
         except KeyboardInterrupt:
             objective.retry_cut_off()
@@ -450,9 +450,9 @@ def finish_search(s: Search, data: Dataset, *, final: bool,
     trial is running or waiting."""
     spec, study = s.spec, s.study
     counts = {st.name: 0 for st in TrialState}
-    for t in study.trials:
+    for t in retry_setup(lambda: study.get_trials(deepcopy=False)):
         counts[t.state.name] += 1
-    counted = len(counted_trials(study))
+    counted = retry_setup(lambda: len(counted_trials(study)))
     final_run = None
     if (final and not spec.multi and counts["RUNNING"] == 0 and counts["COMPLETE"]
             and counted >= spec.n_trials):
@@ -460,8 +460,8 @@ def finish_search(s: Search, data: Dataset, *, final: bool,
     if counts["RUNNING"] == 0 and counts["WAITING"] == 0:
         s.client.set_terminated(s.parent, "FINISHED")
     best = [{"number": t.number, "values": t.values, "params": t.params}
-            for t in (study.best_trials if spec.multi else
-                      ([study.best_trial] if counts["COMPLETE"] else []))]
+            for t in retry_setup(lambda: study.best_trials if spec.multi else
+                                 ([study.best_trial] if counts["COMPLETE"] else []))]
     return SearchOutcome(study.study_name, s.parent, counts, best, final_run, counted,
                          spec.n_trials)
 
@@ -494,7 +494,7 @@ def check_budget(trial: optuna.Trial, limit: int | None) -> None:
     """Raise TrialFailed, the trial marked SURPLUS, when its slot is past `limit`: another
     process asked at the same moment and took the last slot, and an arm of a tuned grid
     gets exactly its budget, so this one is told FAIL untrained."""
-    if limit is not None and trial_slot(trial.study, trial.number) >= limit:
+    if limit is not None and retry_setup(lambda: trial_slot(trial.study, trial.number)) >= limit:
         trial.set_user_attr(SURPLUS, True)
         raise TrialFailed(f"trial {trial.number}: past the arm's {limit} trials")
 
@@ -653,7 +653,7 @@ def final_data(base: RunConfig) -> dict[str, Any]:
 def _final_test(s: Search, base: RunConfig, data: Dataset,
                 callbacks: list[Callback]) -> dict[str, Any]:
     """Retrain the best configuration on train + validation and test it once."""
-    best = s.study.best_trial
+    best = retry_setup(lambda: s.study.best_trial)
     done = s.study.user_attrs.get(FINAL_ATTR)
     if done and done.get("trial") == best.number:
         return done
