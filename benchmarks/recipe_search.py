@@ -53,9 +53,9 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
-    from cifarnet.queue.jobs import make_storage
     from cifarnet.search.report import load_study
     from cifarnet.spec.search import load_search_spec
+    from cifarnet.search.storage import open_storage
     from cifarnet.search.study import FINAL_ATTR, final_data
     from cifarnet.workspace import Workspace
 
@@ -70,7 +70,7 @@ def main() -> None:
         from cifarnet.config.schema import parse_assignments
 
         spec = spec.with_base(parse_assignments(args.assignments))
-    study = load_study(spec.name, make_storage(Workspace.resolve().storage_url))
+    study = load_study(spec.name, open_storage(Workspace.resolve()))
     final = study.user_attrs.get(FINAL_ATTR)
     if final is None:
         sys.exit("the study is not complete: no held-out test of its best trial yet")

@@ -82,7 +82,7 @@ def test_installed_script_exit_codes() -> None:
     (["report", "tiny"], "cifarnet.tracking.results.find_parent_run",
      "the report was stopped before it was complete; run it again"),
     (["search-report", "tiny", "--storage", "sqlite:///x.db"],
-     "cifarnet.queue.jobs.make_storage",
+     "cifarnet.search.storage.open_storage",
      "the search report was stopped before it was complete; run it again"),
     (["summary"], "cifarnet.model.summary.summarize", "summary stopped"),
     (["relocate-store"], "cifarnet.tracking.location.relocate",
@@ -102,7 +102,7 @@ def test_commands_without_a_run_stop_on_a_signal_with_one_line(monkeypatch, tmp_
     # function for good (`from ... import name`), and later tests would get it
     for mod in ("cifarnet.search.report", "cifarnet.search.study", "cifarnet.analysis.report",
                 "cifarnet.tracking.results", "cifarnet.tracking.location",
-                "cifarnet.model.summary", "cifarnet.queue.jobs"):
+                "cifarnet.model.summary", "cifarnet.search.storage"):
         importlib.import_module(mod)
     module, name = where.rsplit(".", 1)
 

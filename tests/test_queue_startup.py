@@ -20,7 +20,7 @@ from cifarnet.spec.ablation import load_spec
 from cifarnet.data.datasets import preload_data
 from cifarnet.errors import StoreError
 from cifarnet.queue.jobs import make_storage
-from cifarnet.queue.retry import is_startup_race, is_transient, retry_setup, retry_startup
+from cifarnet.tracking.retry import is_startup_race, is_transient, retry_setup, retry_startup
 from cifarnet.tracking.startup import init_tracking_store, store_lock
 
 ROUNDS = 5

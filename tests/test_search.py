@@ -211,30 +211,31 @@ def test_multi_objective_search_reports_a_pareto_front(tiny_tree, tmp_path, monk
 
 def test_a_trial_failed_by_another_worker_while_it_trained_is_an_outcome(tiny_tree, tmp_path):
     """Another worker declares this worker's trial stale (its heartbeats were late) and fails
-    it while it still trains: the search goes on (Optuna's optimize would raise "Cannot tell
-    a FAIL trial"), the retry runs the same parameters, the superseded run says so."""
-    from cifarnet.queue.jobs import make_storage
+    it while it still trains: the search goes on (Optuna's optimize raises "Cannot tell a
+    FAIL trial"), the retry runs the same parameters, the superseded run says so."""
     from cifarnet.spec.search import load_search_spec
-    from cifarnet.search.study import run_search
+    from cifarnet.search.storage import open_storage, retry_callback
+    from cifarnet.search.study import retried_from, run_search
     from cifarnet.training.callbacks import Callback
     from cifarnet.workspace import Workspace
 
     spec = load_search_spec(write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=2)))
     workspace = Workspace.resolve(tmp_path)
 
-    class OtherWorkerFailsIt(Callback):
+    class OtherWorkerFailsIt(Callback):  # as Optuna's fail_stale_trials does, elsewhere
         def on_epoch_end(self, ctx, epoch, metrics) -> None:
-            other = optuna.load_study(study_name="search.tiny_search",
-                                      storage=make_storage(workspace.storage_url))
-            trial = other.trials[0]
-            other._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            other.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            storage = open_storage(workspace)
+            other = optuna.load_study(study_name="search.tiny_search", storage=storage)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name("search.tiny_search"), 0)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            retry_callback()(other, storage.get_trial(trial_id))
 
     outcome = run_search(spec, workspace, final=False,
                          callbacks=lambda n: [OtherWorkerFailsIt()] if n == 0 else [])
     trials = study_of(tmp_path).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
-    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    assert retried_from(trials[1]) == 0 and trials[1].params == trials[0].params
     assert outcome.trials["COMPLETE"] == 2
     runs, _ = trial_runs(tmp_path)
     by_number = runs.set_index(runs["tags.optuna.trial_number"].astype(int))
@@ -253,7 +254,7 @@ def test_a_stop_while_a_trial_draws_its_parameters_loses_no_trial(tiny_tree, tmp
     COMPLETE trials."""
     import cifarnet.search.study as study_module
     from cifarnet.spec.search import load_search_spec
-    from cifarnet.search.study import counted_trials, run_search
+    from cifarnet.search.study import counted_trials, retried_from, run_search
     from cifarnet.workspace import Workspace
 
     spec = load_search_spec(write(tmp_path, search_spec(tiny_tree, tmp_path, n_trials=2)))
@@ -273,46 +274,60 @@ def test_a_stop_while_a_trial_draws_its_parameters_loses_no_trial(tiny_tree, tmp
     study = study_of(tmp_path)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     cut, retry = study.trials[0], study.trials[1]
-    assert retry.user_attrs["retry_of"] == 0 and len(cut.params) == 1
+    assert retried_from(retry) == 0 and len(cut.params) == 1
     assert retry.params.items() >= cut.params.items() and len(retry.params) == 2
     assert [t.number for t in counted_trials(study)] == [1, 2]
 
 
-def test_a_retry_draws_from_the_slot_of_the_trial_it_retries(tmp_path) -> None:
-    """Trials 0 and 1 killed, retried as 3 and 2: each retry had a slot of its own (2 -> 0,
-    3 -> 1), so the parameters the killed trials had not drawn came from another slot's
-    stream: slot 0's point trained twice, slot 1's never (breaker). Slots are now stable:
-    a retry has its trial's, and the slots of the others do not move."""
-    from cifarnet.search.study import RETRY_OF, trial_slot
+def _killed(study: optuna.Study, storage, number: int) -> None:
+    """Trial `number` failed and enqueued again, as a stale trial is."""
+    from cifarnet.search.storage import retry_callback
 
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
-    for _ in range(2):  # trials 0 and 1, killed
-        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
-    study.enqueue_trial({}, user_attrs={RETRY_OF: 1})  # trial 2
-    study.enqueue_trial({}, user_attrs={RETRY_OF: 0})  # trial 3
-    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # trial 2, killed too
-    study.enqueue_trial({}, user_attrs={RETRY_OF: 2})  # trial 4: a retry of a retry
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    retry_callback()(study, storage.get_trial(trial_id))
+
+
+def test_a_retry_draws_from_the_slot_of_the_trial_it_retries(tmp_path) -> None:
+    """Trials 0 and 1 killed, retried as 2 and 3, trial 2 killed again and retried as 4:
+    a retry has its trial's slot (Optuna's `retried_trial_number`), so the parameters
+    the killed trials had not drawn come from their own slot's stream, and the slots of
+    the others do not move."""
+    from cifarnet.search.storage import RetryingRDBStorage
+    from cifarnet.search.study import trial_slot
+
+    storage = RetryingRDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    study.ask(), study.ask()  # trials 0 and 1, killed
+    _killed(study, storage, 0)  # trial 2
+    _killed(study, storage, 1)  # trial 3
+    study.ask()  # trial 2, killed too
+    _killed(study, storage, 2)  # trial 4: a retry of a retry
     study.tell(study.ask(), 1.0)  # trial 3
     study.tell(study.ask(), 1.0)  # trial 4
     study.tell(study.ask(), 1.0)  # trial 5, a new one
-    assert [trial_slot(study, n) for n in range(6)] == [0, 1, 1, 0, 1, 2]
+    assert [trial_slot(study, n) for n in range(6)] == [0, 1, 0, 1, 0, 2]
 
 
 def test_a_retry_has_the_parameters_the_database_holds(tmp_path) -> None:
     """A killed worker's trial had stored a parameter after this process cached the trial
-    (Optuna's _CachedStorage): the retry, enqueued from the cached copy, had lost it."""
-    from cifarnet.queue.jobs import make_storage
-    from cifarnet.search.study import _retry_trial
+    (Optuna's cache of the storage): the retry, enqueued from the cached copy, had lost it.
+    It is read from the storage itself."""
+    from cifarnet.search.storage import RetryingRDBStorage
+    from cifarnet.search.study import Search, _fail_and_retry
 
-    storage = make_storage(f"sqlite:///{tmp_path / 's.db'}")
+    storage = RetryingRDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(storage=storage, study_name="s")
-    trial = study.ask()
-    cached = study.get_trials(deepcopy=False)[0]  # RUNNING, no parameter yet
-    storage.set_trial_param(trial._trial_id, "x", 0.25,
+    study.ask()
+    study.get_trials(deepcopy=False)  # cached: RUNNING, no parameter yet
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("s"), 0)
+    storage.set_trial_param(trial_id, "x", 0.25,
                             optuna.distributions.FloatDistribution(0.0, 1.0))  # the dead worker
-    _retry_trial(study, cached)
-    retry = study.get_trials(deepcopy=False)[-1]
-    assert retry.system_attrs["fixed_params"] == {"x": 0.25}
+    _fail_and_retry(Search(None, storage, study, None, "", "", 30), 0,
+                    optuna.trial.TrialState.RUNNING)
+    assert study.get_trials(deepcopy=False)[-1].params == {"x": 0.25}
 
 
 def test_a_resumed_search_does_not_repeat_its_first_points(tiny_tree, tmp_path, monkeypatch):

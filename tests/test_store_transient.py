@@ -28,7 +28,7 @@ from helpers import (
 )
 
 from cifarnet.cli.main import main
-from cifarnet.queue import retry
+from cifarnet.tracking import retry
 
 TERMINATED = "terminating connection due to administrator command"  # PostgreSQL's words
 
@@ -48,13 +48,13 @@ class Faults:
     def arm(self, folder) -> None:
         """Create the stores of the workspace at `folder` first: the fault is one met by a
         long-running command, not its start-up (which has retries of its own)."""
-        from cifarnet.queue.jobs import make_storage
+        from cifarnet.search.storage import open_storage
         from cifarnet.tracking.store import setup_mlflow
         from cifarnet.workspace import Workspace
 
         workspace = Workspace.resolve(folder)
         setup_mlflow(workspace)
-        make_storage(workspace.storage_url).engine.dispose()
+        open_storage(workspace).engine.dispose()
         self.armed = True
 
     def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:
@@ -124,23 +124,38 @@ def test_a_search_loses_nothing_to_dropped_connections(tiny_tree, tmp_path, monk
         assert row["metrics.val_acc"].item() == pytest.approx(t.value)
 
 
-def test_every_storage_method_optuna_calls_is_retried() -> None:
-    """Optuna's `_CachedStorage` calls private RDBStorage methods; each one it calls (read
-    from its source, so a new Optuna version that calls another fails here) is retried, as
-    is every public one."""
+def test_every_public_storage_method_and_sampler_call_is_retried() -> None:
+    """The Optuna storage's public methods, and the calls through which Optuna reads
+    trials on a search's behalf (its sampler's hooks), are retried on a transient error;
+    what else Optuna's loop meets ends the current `optimize`, and the search retries the
+    trial it cut off and goes on (`search.study.fill_study`)."""
     import inspect
-    import re
 
-    import optuna.storages._cached_storage as cached
+    from cifarnet.search.storage import RetryingRDBStorage
+    from cifarnet.search.study import SlotSeededSampler
 
-    from cifarnet.queue.jobs import ClaimingRDBStorage
-
-    private = set(re.findall(r"_backend\.(_[a-z]\w*)\(", inspect.getsource(cached)))
     public = {n for n, _ in inspect.getmembers(optuna.storages.RDBStorage, inspect.isfunction)
               if not n.startswith("_")}
-    assert "_set_trial_param" in private and "record_heartbeat" in public
-    for name in private | public:
-        assert hasattr(getattr(ClaimingRDBStorage, name), "__wrapped__"), name
+    assert "record_heartbeat" in public and "set_trial_state_values" in public
+    for name in public:
+        assert hasattr(getattr(RetryingRDBStorage, name), "__wrapped__"), name
+    calls = []
+    sampler = SlotSeededSampler({"type": "random"})
+
+    class Flaky:
+        def sample_independent(self, *args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise sa.exc.OperationalError("SELECT", {}, _Dropped(TERMINATED))
+            return 0.5
+
+    sampler.inner = Flaky()
+    retry.PAUSE_S, pause = 0.01, retry.PAUSE_S
+    try:
+        assert sampler.sample_independent(None, None, "x", None) == 0.5
+    finally:
+        retry.PAUSE_S = pause
+    assert len(calls) == 2
 
 
 @pytest.mark.postgres

@@ -17,7 +17,7 @@ from helpers import EXE, make_tree, signal_when
 
 from cifarnet.spec.ablation import SpecError, parse_spec
 from cifarnet.analysis.tuning import expected_max
-from cifarnet.search.study import SURPLUS, counted_trials
+from cifarnet.search.study import SURPLUS, counted_trials, retried_from
 
 N_TRIALS = 4
 
@@ -190,12 +190,12 @@ def test_killed_mid_tuning_the_rerun_loses_and_doubles_no_trial(tmp_path, sig) -
     for study in found:
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
         assert len(done) == 3  # every arm at exactly n_trials: none lost, none doubled
-        retried = [t for t in study.trials if "retry_of" in t.user_attrs]
+        retried = [t for t in study.trials if retried_from(t) is not None]
         failed = [t for t in study.trials if t.state.name == "FAIL"]
         assert len(retried) == len(failed)
         retried_in_all += len(retried)
         for r in retried:
-            assert r.params == study.trials[r.user_attrs["retry_of"]].params
+            assert r.params == study.trials[retried_from(r)].params
     assert retried_in_all == 1  # the one trial the kill interrupted, run again once
     # trials are seeded by their slot: the arms, one interrupted and resumed, were offered
     # the same learning rates, as in an uninterrupted run
@@ -312,28 +312,21 @@ def test_an_arm_not_tuned_yet_has_no_verdict() -> None:
 
 
 def test_a_trial_past_the_arms_budget_is_surplus_and_never_trains(tmp_path) -> None:
-    """Two processes asking at the same moment gave one arm n_trials + 1 trials."""
-    from cifarnet.search.study import _run_trial
+    """Two processes asking at the same moment gave one arm n_trials + 1 trials: the
+    objective's first check (`check_budget`) tells the extra one FAIL, untrained."""
+    from cifarnet.search.study import TrialFailed, check_budget
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
-    study = optuna.create_study(storage=storage, study_name="arm")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="arm")
     for x in (1.0, 2.0):
         study.add_trial(optuna.trial.create_trial(params={"x": x}, value=x, distributions={
             "x": optuna.distributions.FloatDistribution(0, 3)}))
 
-    from mlflow.store.entities.paged_list import PagedList
+    def objective(trial):
+        check_budget(trial, 2)
+        raise AssertionError("a surplus trial must not train")
 
-    class NoRuns:  # an MLflow client whose store holds no run
-        def search_runs(self, *args, **kwargs):
-            return PagedList([], None)
-
-    class Untrainable:
-        client, experiment_id, parent = NoRuns(), "0", "p" * 32
-
-        def __call__(self, trial):
-            raise AssertionError("a surplus trial must not train")
-
-    told = _run_trial(study, storage, Untrainable(), limit=2)
+    study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+    told = study.trials[-1]
     assert told.state.name == "FAIL" and told.user_attrs[SURPLUS] is True
     assert len(counted_trials(study)) == 2
 

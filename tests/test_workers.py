@@ -232,7 +232,7 @@ def test_the_supervisor_sleeps_while_its_workers_stop(monkeypatch) -> None:
     assert cpu["s"] < 0.5, f"the supervisor used {cpu['s']:.2f} s of CPU in 2 s of waiting"
 
 
-@pytest.mark.parametrize("command", ["run", "search"])
+@pytest.mark.parametrize("command", ["run"])
 def test_a_signal_after_every_worker_finished_still_stops_the_supervisor(
         tiny_tree, tmp_path, monkeypatch, command) -> None:
     """Two Ctrl-Cs that came while the workers were ending were ignored: their exit codes
@@ -263,7 +263,7 @@ def test_a_signal_after_every_worker_finished_still_stops_the_supervisor(
                     "continue (the held-out test of a complete study)"), r.output
 
 
-@pytest.mark.parametrize("command", ["run", "search"])
+@pytest.mark.parametrize("command", ["run"])
 def test_the_storage_url_reaches_the_workers_in_their_environment(
         tiny_tree, tmp_path, monkeypatch, command) -> None:
     """The supervisor put `--storage URL` on each worker's command line, which `ps` shows
@@ -292,3 +292,73 @@ def test_the_storage_url_reaches_the_workers_in_their_environment(
     assert isinstance(r.exception, Started), r.output
     assert not any("queue.db" in a for a in seen["args"]), seen["args"]
     assert seen["env"]["CIFARNET_STORAGE"] == url
+
+
+class _Finished:
+    """An executor whose workers all end at once ("done"), the items they were given kept;
+    `then` runs before the first one ends (a signal that came as they ended)."""
+
+    items: list = []
+
+    def __init__(self, options, then=None) -> None:
+        self.then = then
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None: ...
+
+    def map_unordered(self, fn, items):
+        from cifarnet.execute.base import Done
+
+        _Finished.items = list(items)
+        if self.then:
+            self.then()
+        yield from (Done(i, "done") for i in range(len(items)))
+
+
+def test_a_signal_after_every_search_worker_finished_still_stops_the_search(
+        tiny_tree, tmp_path, monkeypatch) -> None:
+    """A Ctrl-C that came while the workers were ending was ignored: their results were all
+    "done", and `search --workers 2` would have started its held-out test, a whole training.
+    A signal stops the command: one line, 128 + the signal."""
+    import os
+
+    from click.testing import CliRunner
+
+    import cifarnet.execute.base as base
+    from cifarnet.cli.main import main
+
+    monkeypatch.setattr(base, "make_executor", lambda options: _Finished(
+        options, lambda: os.kill(os.getpid(), signal.SIGINT)))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["search", str(write(tmp_path, search_spec(tiny_tree, tmp_path))),
+                                  "--workers", "2"])
+    assert r.exit_code == 130, r.output
+    assert r.output.strip().splitlines()[-1] == (
+        "interrupted: every worker had finished before the signal; rerun to continue (the "
+        "held-out test of a complete study)"), r.output
+
+
+def test_the_storage_url_reaches_the_search_workers_off_their_command_line(
+        tiny_tree, tmp_path, monkeypatch) -> None:
+    """A command line is shown by `ps` to every user of the machine, a PostgreSQL password
+    with it: a search worker gets the URL inside its pickled job (multiprocessing's spawn
+    command line names no argument of the job)."""
+    import multiprocessing.spawn
+    import pickle
+
+    from click.testing import CliRunner
+
+    import cifarnet.execute.base as base
+    from cifarnet.cli.main import main
+
+    url = f"sqlite:///{tmp_path / 'queue.db'}"  # the password's stand-in: the whole URL
+    monkeypatch.setattr(base, "make_executor", _Finished)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["search", str(write(tmp_path, search_spec(tiny_tree, tmp_path))),
+                                  "--workers", "2", "--storage", url, "--n-trials", "1",
+                                  "--no-final"])
+    assert r.exit_code == 0, r.output
+    assert [pickle.loads(pickle.dumps(job)).storage_url for job in _Finished.items] == [url] * 2
+    assert not any("queue.db" in str(a) for a in multiprocessing.spawn.get_command_line())

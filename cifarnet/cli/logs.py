@@ -15,7 +15,7 @@ def quiet_libraries() -> None:
 
     import matplotlib
 
-    from cifarnet.queue.jobs import quiet_optuna
+    from cifarnet.search.storage import quiet_optuna
 
     matplotlib.use("Agg")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -334,7 +334,7 @@ def _dry_run(spec: Any, workspace: Any, storage: str | None, workers: int, reuse
 def _check_storage(workspace: Any, storage: str | None) -> None:
     """The studies' storage URL checked (read-only, one line naming what chose it), not
     opened."""
-    from cifarnet.queue.jobs import check_apart_from_tracking, check_storage_url
+    from cifarnet.search.storage import check_apart_from_tracking, check_storage_url
 
     url = storage or workspace.storage_url
     check_storage_url(url, workspace.storage_key(url),
@@ -765,14 +765,10 @@ def results_cmd(claims_path: str, out_file: str, force: bool) -> None:
 @click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
               help="Worker processes on this machine, sharing the study (CPU: the cores are "
                    "split between them; CUDA: devices round-robin).")
-@click.option("--worker", "as_worker", is_flag=True, hidden=True,
-              help="Run as one of --workers: events on stdout, no display.")
-@click.option("--until", type=click.IntRange(0), default=None, hidden=True,
-              help="Fill the study up to this many trials (a --worker's share of --n-trials).")
 @user_errors
 def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
                assignments: tuple[str, ...], no_final: bool, heartbeat: int,
-               grace: int, workers: int, as_worker: bool, until: int | None) -> None:
+               grace: int, workers: int) -> None:
     """Optuna search over the recipe (e.g. lr, augment strength), pruned, tracked, shareable.
     SPEC is a file or a shipped name such as lr_aug."""
     check_grace(heartbeat, grace)
@@ -782,7 +778,6 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     from cifarnet.spec.ablation import MAX_RUNS
     from cifarnet.cli.progress import DecodeProgress, SearchProgress
     from cifarnet.cli.signals import stop_on_signals
-    from cifarnet.cli.workers import SearchEvents
     from cifarnet.config.schema import parse_assignments
     from cifarnet.data.datasets import load_data
     from cifarnet.spec.search import load_search_spec
@@ -797,21 +792,15 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     if n_trials is not None and n_trials > MAX_RUNS:
         raise UserError(f"--n-trials: at most {MAX_RUNS:,}, got {n_trials:,}")
     check_folder(Path(spec.base_config().train.out_dir), "train.out_dir")  # before any store
-    data = load_data(spec.base_config().data, None if as_worker else DecodeProgress().update)
+    data = load_data(spec.base_config().data, DecodeProgress().update)
+    display = SearchProgress(spec.objectives[0].metric, spec.n_trials, n_trials)
     if workers > 1:  # the cache is filled: the workers read it
-        argv = ["search", spec_path, *(f"--set={a}" for a in assignments), "--heartbeat",
-                str(heartbeat), "--grace", str(grace), "--no-final"]
-        _supervise_search(spec, argv, workers, workspace, storage, n_trials)
+        _search_workers(spec, workers, workspace, storage, n_trials, heartbeat, grace, display)
         n_trials = 0  # the workers ran the trials; what is left here is the final test
-    if as_worker:
-        display = SearchEvents(until if until is not None else spec.n_trials)
-    else:
-        display = SearchProgress(spec.objectives[0].metric, spec.n_trials, n_trials)
     with stop_on_signals() as request:
         try:
             out = run_search(spec, workspace, storage_url=storage, n_trials=n_trials,
-                             until=until, data=data, final=not no_final,
-                             heartbeat_interval=heartbeat,
+                             data=data, final=not no_final, heartbeat_interval=heartbeat,
                              grace_period=grace,
                              callbacks=lambda number: [*display.trial_callbacks(number),
                                                        StopOnEvent(request.event)],
@@ -822,8 +811,7 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
                                  "rerun to continue the same study")
         finally:
             display.close()
-    # a signal after the last trial had ended still stops the command (not a worker's)
-    if request.event.is_set() and not as_worker:
+    if request.event.is_set():  # a signal after the last trial had ended still stops it
         interrupted(request, "every trial had finished before the signal; `cifarnet-exp "
                              f"search-report {spec.name}` shows the study")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in out.trials.items() if v)
@@ -838,51 +826,65 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
                    f"n_trials ({out.counted} of {out.n_trials} so far)")
     elif not no_final and not spec.multi and out.trials["RUNNING"]:
         # another worker's trials, or a killed worker's: those go stale --grace s after
-        # their last heartbeat (one without any: after a worker first sees it)
+        # their last heartbeat (one without any: --grace s after it started)
         click.echo(f"held-out test: not yet; {out.trials['RUNNING']} trial(s) still RUNNING "
                    f"(another worker's, or a killed one's: stale {grace} s after its last "
                    "heartbeat); rerun after that to finish the study")
     click.echo(f"optuna-dashboard {masked(storage or workspace.storage_url)}")
 
 
-def _supervise_search(spec: Any, argv: list[str], workers: int, workspace: Any,
-                      storage_url: str | None, n_trials: int | None) -> None:
-    """`search --workers N`: start the workers on the study (each fills it up to the same
-    count, so `--n-trials K` adds K trials in all), show them, pass signals on; returns when
-    all have ended well, for the caller's held-out test of the best trial. Exits 2 when the
-    workers refused the input, 1 when one of them failed, 128 + signal when stopped."""
-    from cifarnet.cli.progress import WorkersProgress
-    from cifarnet.cli.signals import record_signals
-    from cifarnet.cli.workers import supervise
-    from cifarnet.queue.jobs import open_storage
-    from cifarnet.search.study import count_trials
-    from cifarnet.tracking.startup import check_tracking_store
-    from cifarnet.tracking.store import setup_mlflow
+def _search_workers(spec: Any, workers: int, workspace: Any, storage_url: str | None,
+                    n_trials: int | None, heartbeat: int, grace: int, display: Any) -> None:
+    """`search --workers N`: N worker processes (`execute.local`), each running Optuna's
+    `Study.optimize` on the study until it holds the same count (so `--n-trials K` adds K
+    trials in all); the display follows the study; each signal is passed on once to every
+    worker. Returns when all have ended well, for the caller's held-out test of the best
+    trial; exits 1 when one of them failed, 128 + signal when stopped."""
+    import threading
 
-    # both stores made here, once (the workers only open them); the queue's first, so a bad
-    # --storage writes nothing
-    check_tracking_store(workspace)  # read-only: before any store is written
-    storage = open_storage(workspace, storage_url)
-    setup_mlflow(workspace)
-    until = spec.n_trials if n_trials is None else (
-        count_trials(f"search.{spec.name}", storage) + n_trials)
-    display = WorkersProgress(workers)
-    with record_signals() as request:
-        result = supervise([*argv, "--until", str(until)], workers, request, display.event,
-                           display.error, cuda_devices=_cuda_devices(spec), storage=storage_url)
+    from cifarnet.cli.signals import record_signals
+    from cifarnet.cli.workers import SearchWorker, search_worker
+    from cifarnet.execute.base import ExecutorOptions, make_executor
+    from cifarnet.execute.local import stop_workers
+    from cifarnet.search.study import counted_trials, open_search
+
+    # the study, both stores and the parent run made here, once; a bad spec refused here
+    s = open_search(spec, workspace, storage_url=storage_url, heartbeat_interval=heartbeat,
+                    grace_period=grace)
+    until = spec.n_trials if n_trials is None else len(counted_trials(s.study)) + n_trials
+    job = SearchWorker(spec, workspace, storage_url, until, heartbeat, grace)
+    display.state.total = until
+    ended = threading.Event()
+
+    def follow(request: Any) -> None:  # the display, and every signal passed on once
+        passed_on = 0
+        while not ended.wait(1.0):
+            while passed_on < len(request.received):
+                stop_workers(request.received[passed_on])
+                passed_on += 1
+            display.after_trial(s.study, None)
+
+    options = ExecutorOptions(workers=workers, gpus=_cuda_devices(spec))
+    with record_signals() as request, make_executor(options) as executor:
+        watcher = threading.Thread(target=follow, args=(request,), daemon=True)
+        watcher.start()
+        try:
+            done = list(executor.map_unordered(search_worker, [job] * workers))
+        finally:
+            ended.set()
+            watcher.join()
     display.close()
-    codes = result.codes
+    stopped = [d.value for d in done].count("interrupted")
     if request.event.is_set():  # a signal, also one that came after every trial had ended:
         # the held-out test would have started anyway (a whole training)
         interrupted(request, f"{workers} workers stopped (a trial in progress ends KILLED); "
-                             "rerun to continue the same study" if any(c != 0 for c in codes)
+                             "rerun to continue the same study" if stopped
                     else "every worker had finished before the signal; rerun to continue "
                          "(the held-out test of a complete study)")
-    if 2 in codes:  # bad input: every worker said the same line
-        sys.exit(2)
-    if any(codes):
-        click.echo(f"error: a worker failed (exit codes {codes}); rerun to continue the same "
-                   "study", err=True)
+    failed = [f"{type(d.error).__name__}: {d.error}" for d in done if d.error is not None]
+    if failed:
+        click.echo(f"error: a worker failed ({one_line(failed[0])}); rerun to continue the "
+                   "same study", err=True)
         sys.exit(1)
 
 
@@ -899,7 +901,7 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
 
     quiet_libraries()
     from cifarnet.spec.ablation import SpecError
-    from cifarnet.queue.jobs import check_storage_url, open_storage, storage_exists
+    from cifarnet.search.storage import check_storage_url, open_storage, storage_exists
     from cifarnet.search.report import load_study, markdown, write_plots
     from cifarnet.spec.search import load_search_spec
     from cifarnet.search.study import SPEC_ATTR

@@ -470,6 +470,7 @@ class SearchProgress:
         return [self.current]
 
     def after_trial(self, study: Any, trial: Any) -> None:
+        self._show()
         counts: dict[str, int] = {}
         for t in study.trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1

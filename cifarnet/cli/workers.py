@@ -1,8 +1,8 @@
-"""`run --workers N` and `search --workers N`: N worker processes on one queue (a grid's) or
-one study (a search's), started, shown and stopped together.
+"""`run --workers N`: N worker processes on one queue, started, shown and stopped together;
+and the worker of `search --workers N` (`search_worker`, run by `execute.local`).
 
-Each worker is the same `run` (or `search`) command with `--worker` (the code path of workers
-on many machines: they share the queue or study, each job or trial is run once). A worker shows no display of its
+Each grid worker is the same `run` command with `--worker` (the code path of workers
+on many machines: they share the queue, each job is run once). A worker shows no display of its
 own: it writes its events as JSON lines on standard output (`EventListener`), and the
 supervisor (this module, in the command the user started) shows every worker's run and the
 grid's counts in one display.
@@ -87,25 +87,43 @@ class EventListener(GridListener):
     def close(self) -> None: ...
 
 
-class SearchEvents:
-    """The display of a `search --worker`: each trial's run and the study's counts (in a
-    grid's terms: done = complete or pruned) as lines on standard output. `target`: the
-    trials the study is filled up to."""
+@dataclass(frozen=True)
+class SearchWorker:
+    """What a `search --workers N` worker process is given (pickled to it, never on a
+    command line: the storage URL may hold a password)."""
 
-    def __init__(self, target: int) -> None:
-        self.target = target
+    spec: Any
+    workspace: Any
+    storage_url: str | None
+    until: int  # fill the study up to this many counted trials
+    heartbeat: int
+    grace: int
 
-    def trial_callbacks(self, number: int) -> list[Callback]:
-        return [RunEvents(f"trial {number}" if number >= 0 else "final")]
 
-    def after_trial(self, study: Any, trial: Any) -> None:
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        emit({"grid": {"done": states.count("COMPLETE") + states.count("PRUNED"),
-                       "skipped": 0, "failed": states.count("FAIL"),
-                       "running": states.count("RUNNING"), "waiting": states.count("WAITING")},
-               "total": self.target})
+def search_worker(job: SearchWorker) -> str:
+    """One worker of `search --workers N` (in a process of `execute.local`): Optuna's
+    `Study.optimize` on the study until it counts `job.until` trials; no display, no
+    held-out test (the launcher's). "done", or "interrupted" when a signal stopped it (its
+    trial ends KILLED and is enqueued again). It leaves the terminal's process group, so a
+    Ctrl-C reaches the launcher only, which passes each signal on once."""
+    import contextlib
 
-    def close(self) -> None: ...
+    from cifarnet.cli.logs import quiet_libraries
+    from cifarnet.cli.signals import stop_on_signals
+    from cifarnet.search.study import run_search
+    from cifarnet.training.callbacks import StopOnEvent
+
+    with contextlib.suppress(OSError):
+        os.setsid()
+    quiet_libraries()
+    with stop_on_signals() as request:
+        try:
+            run_search(job.spec, job.workspace, storage_url=job.storage_url, until=job.until,
+                       final=False, heartbeat_interval=job.heartbeat, grace_period=job.grace,
+                       callbacks=lambda number: [StopOnEvent(request.event)])
+        except KeyboardInterrupt:
+            return "interrupted"
+    return "interrupted" if request.event.is_set() else "done"
 
 
 def cpu_count() -> int:

@@ -32,24 +32,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.errors import StoreError
 from cifarnet.queue.retry import retry_setup, retry_startup, retrying_methods
-from cifarnet.tracking.startup import check_sqlite_shape, database_has_table, store_lock
+from cifarnet.search.storage import check_apart_from_tracking
+from cifarnet.tracking.startup import store_lock
 from cifarnet.tracking.urls import (
     check_not_in_memory,
     check_userinfo,
     masked,
     scrubbed,
-    sqlite_path,
 )
 from cifarnet.workspace import Workspace
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING)
 JOB_ATTRS = ("config_hash", "cell", "seed", "config", "added")
-
-
-def quiet_optuna() -> None:
-    """Optuna logs warnings only, and no experimental-feature warnings (for terminal use)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def claim_trial(engine: sa.engine.Engine, trial_id: int) -> bool:
@@ -230,48 +224,6 @@ def open_storage(workspace: Workspace, url: str | None = None, heartbeat_interva
     return make_storage(url, heartbeat_interval, grace_period, on_stale,
                         key=workspace.storage_key(url),
                         create_folder=url == workspace.embedded_storage_url)
-
-
-def check_apart_from_tracking(workspace: Workspace, url: str) -> None:
-    """Refuse (StoreError naming `Workspace.storage_key`) a storage URL that is the MLflow
-    tracking store's: both keep their schema version in a table `alembic_version`, so the
-    second to open it failed with "Can't locate revision", after both schemas were written."""
-    if url == workspace.tracking_uri:
-        raise StoreError(f"{workspace.storage_key(url)} {masked(url)}: the same database as "
-                         f"MLflow's tracking store ({workspace.tracking_key}); the queue and "
-                         "MLflow need separate databases (both keep their schema version in "
-                         "a table alembic_version)")
-
-
-def storage_exists(url: str) -> bool:
-    """Whether the Optuna storage at `url` holds Optuna's tables (a SQLite file that
-    exists; a database with a `studies` table). Writes nothing: opening it created an empty
-    storage. A database that cannot be reached counts as existing (opening it says why)."""
-    path = sqlite_path(url)
-    if path is not None:
-        return path.is_file()
-    return database_has_table(url, "studies") is not False  # unreachable: `make_storage` says
-
-
-def check_storage_url(url: str, key: str = "--storage", create_folder: bool = False) -> None:
-    """Raise StoreError (one line naming `key`, the password masked) unless `url` is an
-    SQLAlchemy URL whose database driver is installed and, for SQLite, whose folder and
-    file have the right kind (`check_sqlite_shape`; its folder made later only with
-    `create_folder`); connects to nothing and writes nothing (for `--dry-run`)."""
-    check_userinfo(url, key)
-    check_not_in_memory(url, key)
-    try:
-        sa.engine.make_url(url).get_dialect().import_dbapi()
-    except Exception as exc:  # unparsable, unknown dialect, driver not installed
-        text = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise StoreError(f"{key} {masked(url)}: cannot use ({type(exc).__name__}: "
-                         f"{scrubbed(text, url)})") from None
-    path = sqlite_path(url)
-    if path is not None:
-        try:
-            check_sqlite_shape(url, path, create_folder=create_folder)
-        except StoreError as exc:
-            raise StoreError(f"{key} {exc}") from None
 
 
 def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int,

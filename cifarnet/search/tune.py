@@ -13,7 +13,7 @@ the verdict is given on those runs, as for any grid.
 MLflow: the grid's parent run, under it one nested parent per arm's study (role `arm_study`,
 the best trial and its validation accuracy recorded once the study is complete), the trials
 as its children (role `arm_trial`), and the verdict runs as the grid's children. The studies
-live in the queue's storage, so `--workers` and other machines share them; an interrupted
+live in the Optuna storage, so `--workers` and other machines share them; an interrupted
 trial runs again with the same parameters (`search.study`), so a killed and rerun grid ends
 with every arm at exactly `n_trials` trials.
 """

@@ -6,7 +6,7 @@ for a server. A database restarting under a long grid (PostgreSQL terminating ev
 connection, "terminating connection due to administrator command"), or SQLite busy under
 another writer, would then crash whichever call met it: a run's metrics, a tag, ending the
 parent run after the last job. `mlflow_client()` returns an `MlflowClient` whose every public
-method is retried (`cifarnet.queue.retry.retrying_methods`) while its error is transient
+method is retried (`cifarnet.tracking.retry.retrying_methods`) while its error is transient
 (`is_transient`), and each upsert (`UPSERTS`) also on a unique-key violation: the loser's
 side of two workers writing the same tag or dataset row at once, which MLflow's SQL store
 does not handle (PostgreSQL: "duplicate key value violates unique constraint tag_pk").
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from cifarnet.queue.retry import retrying_methods
+from cifarnet.tracking.retry import retrying_methods
 
 # MLflow writes these by reading, then inserting: two workers writing the same row at once
 # (a shared parent run's tags, the experiment's tags, the dataset row every run shares) make

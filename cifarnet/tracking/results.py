@@ -24,7 +24,7 @@ import pandas as pd
 from cifarnet.spec.ablation import AblationSpec, parse_spec, resolve_spec_path
 from cifarnet.config.yamlio import safe_load
 from cifarnet.errors import UserError
-from cifarnet.queue.retry import retry_setup
+from cifarnet.tracking.retry import retry_setup
 from cifarnet.tracking.store import setup_mlflow, store_exists
 from cifarnet.tracking.tags import (
     METRIC_BEST_VAL,

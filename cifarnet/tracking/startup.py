@@ -147,7 +147,7 @@ def database_has_table(url: str, table: str) -> bool | None:
     """Whether the database at the SQLAlchemy `url` has `table`; None when the URL cannot be
     parsed or the database reached. Reads only (one connection, closed): whether a store
     exists is asked without creating it (`tracking.store.store_exists`,
-    `queue.jobs.storage_exists`)."""
+    `search.storage.storage_exists`)."""
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
@@ -264,7 +264,7 @@ def init_tracking_store(uri: str) -> None:
     `MlflowClient(uri).search_experiments(max_results=1)` inside `store_lock(uri, "mlflow")`.
     A store that is not a database (an HTTP server) is left alone. Raises StoreError when the
     store cannot be opened (its URL masked)."""
-    from cifarnet.queue.retry import retry_startup
+    from cifarnet.tracking.retry import retry_startup
 
     if uri.startswith(("http://", "https://")):
         check_http_store(uri)
