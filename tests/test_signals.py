@@ -9,13 +9,13 @@ import textwrap
 
 import pytest
 
-from cifarnet.cli.signals import StopFlag
+from cifarnet.signals import StopFlag
 
 # Signals rain on a main thread that waits on the flag the handler sets, as the supervisor
 # of `run --workers` does (record_signals; its loop waits 0.2 s at a time) and as `ui` does.
 STORM = textwrap.dedent("""
     import os, signal, sys, threading, time
-    from cifarnet.cli.signals import StopFlag, record_signals
+    from cifarnet.signals import StopFlag, record_signals
     kind = sys.argv[1]
     with record_signals() as request:
         if kind == "event":  # what the policy used before: threading.Event

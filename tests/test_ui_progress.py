@@ -208,7 +208,7 @@ def test_a_cut_label_keeps_the_runs_seed() -> None:
 
     from rich.console import Console
 
-    from cifarnet.cli.progress import GridProgress, WorkersProgress, fit_label
+    from cifarnet.cli.progress import GridProgress, fit_label
 
     assert fit_label("dilation=2,residual_add=true seed=10", 20) == "d=2,ra=true seed=10"
     assert fit_label("dilation=2,residual_add=true seed=10", 16) == "d=2,ra=\u2026 seed=10"
@@ -223,21 +223,13 @@ def test_a_cut_label_keeps_the_runs_seed() -> None:
              "dilation=1,residual_add=true", "dilation=1,residual_add=false"]
     shown = {fit_label(f"{c} seed={s}", 20) for c in cells for s in (0, 1)}
     assert len(shown) == 8  # every run of the grid told apart
-    for workers in (False, True):
-        buf = io.StringIO()
-        console = Console(file=buf, width=80, force_terminal=True, color_system=None)
-        if workers:
-            display = WorkersProgress(2, console)
-            display.event(0, {"run": "dilation=1,residual_add=false seed=2", "epoch": 1,
-                              "epochs": 3})
-            progress = display.progress
-        else:
-            display = GridProgress(console)
-            bar = display.run_callbacks("dilation=1,residual_add=false seed=2")[0]
-            ctx = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(epochs=3)),
-                                  steps_per_epoch=10, start_epoch=1)
-            bar.on_run_start(ctx)
-            progress = display.progress
-        console.print(progress.get_renderable())
-        display.close()
-        assert "seed=2" in buf.getvalue() and "d=1" in buf.getvalue(), buf.getvalue()
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, force_terminal=True, color_system=None)
+    display = GridProgress(console)
+    bar = display.run_callbacks("dilation=1,residual_add=false seed=2")[0]
+    ctx = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(epochs=3)),
+                          steps_per_epoch=10, start_epoch=1)
+    bar.on_run_start(ctx)
+    console.print(display.progress.get_renderable())
+    display.close()
+    assert "seed=2" in buf.getvalue() and "d=1" in buf.getvalue(), buf.getvalue()

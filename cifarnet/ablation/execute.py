@@ -349,11 +349,25 @@ def launcher_lock(spec: AblationSpec, workspace: Workspace,
                   data: dict[tuple, Dataset]) -> Iterator[None]:
     """Hold the grid's launcher lock (see the module's docstring) for the block; UserError
     at once when another launcher holds it."""
-    name = f"grid.{spec.name}.{grid_id(spec, fingerprints(data))}"
+    gid = grid_id(spec, fingerprints(data))
     try:
-        with store_lock(workspace.tracking_uri, name, timeout_s=0, own_file=True):
+        with store_lock(workspace.tracking_uri, f"grid.{spec.name}.{gid}", timeout_s=0,
+                        own_file=True):
             yield
     except LockHeld:
-        raise UserError(f"{spec.name}: another launcher is running this grid (its parent run "
-                        "names it: tag cifarnet.launcher); wait for it, or stop it and "
+        raise UserError(f"{spec.name}: another launcher is running this grid "
+                        f"({_launcher_of(workspace, spec, gid)}); wait for it, or stop it and "
                         "rerun") from None
+
+
+def _launcher_of(workspace: Workspace, spec: AblationSpec, gid: str) -> str:
+    """The live launcher as the grid's parent run names it (tag cifarnet.launcher)."""
+    from cifarnet.tracking.client import mlflow_client
+
+    client = mlflow_client(workspace.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    runs = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], f"tags.`{TAG_GRID}` = '{gid}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return (f"{runs[0].data.tags.get(TAG_LAUNCHER, '?')}, parent run {runs[0].info.run_id}"
+            if runs else "it is opening the grid")

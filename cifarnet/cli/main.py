@@ -39,7 +39,7 @@ def stops_at_once(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from cifarnet.cli.signals import stop_at_once
+            from cifarnet.signals import stop_at_once
 
             with stop_at_once() as request:
                 try:
@@ -57,7 +57,7 @@ class OneLineErrors(click.Group):
     blank line, the error)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        from cifarnet.cli.signals import Stopped, stop_while_starting
+        from cifarnet.signals import Stopped, stop_while_starting
 
         kwargs.pop("standalone_mode", None)
         # until a command installs its own signal policy, a signal stops the command where
@@ -192,7 +192,7 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
         metrics_table,
         table_console,
     )
-    from cifarnet.cli.signals import stop_on_signals
+    from cifarnet.signals import stop_on_signals
     from cifarnet.config.schema import load_config, parse_assignments
     from cifarnet.data.datasets import load_data
     from cifarnet.training.callbacks import StopOnEvent
@@ -350,7 +350,7 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
     from cifarnet.ablation.execute import Outcome, run_grid
     from cifarnet.analysis.report import analyze_grid, verdict_table
     from cifarnet.cli.progress import DecodeProgress, GridProgress, table_console
-    from cifarnet.cli.signals import stop_at_once, stop_on_signals
+    from cifarnet.signals import stop_at_once, stop_on_signals
     from cifarnet.data.datasets import preload_data
     from cifarnet.tracking.results import find_parent_run
 
@@ -777,7 +777,7 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     quiet_libraries()
     from cifarnet.spec.ablation import MAX_RUNS
     from cifarnet.cli.progress import DecodeProgress, SearchProgress
-    from cifarnet.cli.signals import stop_on_signals
+    from cifarnet.signals import stop_on_signals
     from cifarnet.config.schema import parse_assignments
     from cifarnet.data.datasets import load_data
     from cifarnet.spec.search import load_search_spec
@@ -842,8 +842,8 @@ def _search_workers(spec: Any, workers: int, workspace: Any, storage_url: str | 
     trial; exits 1 when one of them failed, 128 + signal when stopped."""
     import threading
 
-    from cifarnet.cli.signals import record_signals
-    from cifarnet.cli.workers import SearchWorker, search_worker
+    from cifarnet.signals import record_signals
+    from cifarnet.search.worker import SearchWorker, search_worker
     from cifarnet.execute.base import ExecutorOptions, make_executor
     from cifarnet.execute.local import stop_workers
     from cifarnet.search.study import counted_trials, open_search
@@ -979,7 +979,7 @@ def ui_cmd(port: int) -> None:
     from pathlib import Path
 
     from cifarnet.cli.logs import quiet_libraries
-    from cifarnet.cli.signals import stop_on_signals
+    from cifarnet.signals import stop_on_signals
     from cifarnet.tracking.store import experiment_links, setup_mlflow
     from cifarnet.tracking.urls import masked
 

@@ -551,55 +551,6 @@ class _TrialBar(_RunBar):
             + (f", {self.metric} {value:.4f}" if value is not None else ""))
 
 
-class WorkersProgress:
-    """The display of `run --workers N`: the grid (done, running, waiting, failed) and one bar
-    per worker (its run and epoch), fed by the workers' events (`cli.workers`)."""
-
-    def __init__(self, workers: int, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
-        self.progress = _new_progress(self.console)
-        self.grid_task = self.progress.add_task("grid", total=None, status="starting "
-                                                f"{workers} workers", eta=None)
-        self.tasks = [self.progress.add_task(f"worker {i + 1}", total=None, status="starting",
-                                             eta=None) for i in range(workers)]
-        self.lock = threading.Lock()
-        self.progress.start()
-
-    def event(self, worker: int, event: dict) -> None:
-        """One worker's event: `grid` counts, a run's `epoch` or `end`, or a `message`."""
-        with self.lock:
-            task = self.tasks[worker]
-            if "grid" in event:
-                c, total = event["grid"], event["total"]
-                ended = c["done"] + c["skipped"] + c["failed"]
-                self.progress.update(self.grid_task, total=total, completed=min(ended, total),
-                                     status=f"running {c['running']}  waiting {c['waiting']}"
-                                            f"  failed {c['failed']}")
-            elif "end" in event:
-                self.progress.update(task, description=f"worker {worker + 1}", total=None,
-                                     completed=0, status=f"{event['run']}: {event['end']}")
-            elif "run" in event:
-                name = "test_acc" if event.get("test_acc") is not None else "val_acc"
-                acc = event.get(name)
-                self.progress.update(task, description=escape(fit_label(
-                                         f"{worker + 1}: {event['run']}",
-                                         label_width(self.progress.console))),
-                                     total=event["epochs"], completed=event["epoch"],
-                                     status=f"epoch {event['epoch']}/{event['epochs']}"
-                                            + (f"  {name} {acc:.4f}" if acc is not None
-                                               else ""))
-            elif "message" in event:
-                print_markup(self.progress.console, f"worker {worker + 1}: {event['message']}")
-
-    def error(self, worker: int, line: str) -> None:
-        """A line a worker wrote on standard error, printed above the bars."""
-        with self.lock:
-            self.progress.console.print(f"worker {worker + 1}: {line}", markup=False)
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
 PIPED_WIDTH = 160  # columns of a table written to a file or a pipe
 
 

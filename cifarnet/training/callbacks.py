@@ -89,7 +89,7 @@ class Callback:
 
 class StopEvent(Protocol):
     """What the work reads of a stop request: `threading.Event`'s `is_set` and `wait`
-    (the CLI passes `cli.signals.StopFlag`, which a signal handler may set)."""
+    (the CLI passes `cifarnet.signals.StopFlag`, which a signal handler may set)."""
 
     def is_set(self) -> bool: ...
 

@@ -1,6 +1,6 @@
-"""Start-up that cannot race: workers starting at the same moment against new stores (SQLite
-or PostgreSQL, MLflow and Optuna) all start, each store is created once, each job runs once;
-only transient errors are retried."""
+"""Start-up that cannot race: processes starting at the same moment against new stores (SQLite
+or PostgreSQL, MLflow and Optuna) all start, each store and study is created once, each job
+runs once; only transient errors are retried."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from helpers import EXE, children, runs_df, write_spec
 from cifarnet.spec.ablation import load_spec
 from cifarnet.data.datasets import preload_data
 from cifarnet.errors import StoreError
-from cifarnet.queue.jobs import make_storage
+from cifarnet.search.storage import open_storage
 from cifarnet.tracking.retry import is_startup_race, is_transient, retry_setup, retry_startup
 from cifarnet.tracking.startup import init_tracking_store, store_lock
 
@@ -27,12 +27,14 @@ ROUNDS = 5
 WORKERS = 3
 
 # A worker: for each round, wait for its go file, then open both stores (MLflow tracking
-# store and the Optuna queue storage with its study) as `run` does, and report.
+# store and the Optuna storage with a study) as `run` and `search` do, and report.
 WORKER = """
 import json, sys, time, traceback
 from pathlib import Path
-from cifarnet.queue.jobs import JobQueue, make_storage
+import optuna
+from cifarnet.search.storage import open_storage
 from cifarnet.tracking.startup import init_tracking_store
+from cifarnet.workspace import Workspace
 folder, rounds = Path(sys.argv[1]), json.loads(sys.argv[2])
 for r, (mlflow_url, optuna_url) in enumerate(rounds):
     while not (folder / f"go.{r}").exists():
@@ -41,8 +43,9 @@ for r, (mlflow_url, optuna_url) in enumerate(rounds):
         init_tracking_store(mlflow_url)
         from mlflow import MlflowClient
         MlflowClient(mlflow_url).get_experiment_by_name("Default")
-        created = JobQueue(make_storage(optuna_url), "cifarnet.start").created
-        result = {"ok": True, "created": created}
+        storage = open_storage(Workspace.resolve(folder), optuna_url)
+        optuna.create_study(study_name="cifarnet.start", storage=storage, load_if_exists=True)
+        result = {"ok": True, "studies": len(optuna.get_all_study_names(storage))}
     except BaseException as exc:
         result = {"ok": False, "error": traceback.format_exc()}
     (folder / f"done.{r}.{sys.argv[3]}").write_text(json.dumps(result))
@@ -83,7 +86,7 @@ def assert_all_started(results: list[list[dict]]) -> None:
     for r, workers in enumerate(results):
         errors = [w["error"] for w in workers if not w["ok"]]
         assert not errors, f"round {r}: {errors[0]}"
-        assert sum(w["created"] for w in workers) == 1, f"round {r}: study created twice"
+        assert {w["studies"] for w in workers} == {1}, f"round {r}: study created twice"
 
 
 @pytest.mark.slow
@@ -110,8 +113,10 @@ def test_workers_start_together_on_fresh_postgres_stores(tmp_path, pg_database) 
 @pytest.mark.postgres
 def test_three_run_workers_on_a_fresh_mlflow_store_and_postgres_queue(
         tiny_tree, tmp_path, pg_database) -> None:
-    """The issue's case: three `run --storage postgresql://...` started at the same moment
-    on a fresh SQLite MLflow store, five times: every worker exits 0, each job runs once."""
+    """Three `run`s of one grid started at the same moment on a fresh SQLite MLflow store
+    (with a PostgreSQL storage they ignore), five times: the store is made once, one launcher
+    runs the grid, the others are refused in one line (exit 2) or find it done (exit 0);
+    each job runs once."""
     spec_folder = tmp_path / "spec"
     spec_folder.mkdir()
     spec = write_spec(spec_folder, tiny_tree, factors={"model.residual_add": [True]},
@@ -126,10 +131,20 @@ def test_three_run_workers_on_a_fresh_mlflow_store_and_postgres_queue(
                                     stderr=subprocess.STDOUT, text=True)
                    for _ in range(WORKERS)]
         outputs = [w.communicate(timeout=300)[0] for w in workers]
-        assert [w.returncode for w in workers] == [0] * WORKERS, outputs
+        assert_one_launcher(workers, outputs)
         kids = children(runs_df(folder))
         assert len(kids) == 2 and set(kids["status"]) == {"FINISHED"}, f"round {r}"
         assert kids["tags.cifarnet.config_hash"].nunique() == 2
+
+
+def assert_one_launcher(procs: list, outputs: list[str]) -> None:
+    """Each ended 0, or 2 with the one line of a grid another launcher holds."""
+    codes = [p.returncode for p in procs]
+    assert set(codes) <= {0, 2} and 0 in codes, outputs
+    for code, out in zip(codes, outputs):
+        if code == 2:
+            assert "another launcher is running this grid" in out, out
+            assert len(out.strip().splitlines()) == 1, out
 
 
 @pytest.mark.slow
@@ -148,7 +163,7 @@ def test_two_runs_0_2_s_apart_in_an_empty_folder(tiny_tree, tmp_path) -> None:
         second = subprocess.Popen([EXE, "run", str(spec)], cwd=folder, env=clean_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
-        assert [first.returncode, second.returncode] == [0, 0], outputs
+        assert_one_launcher([first, second], outputs)
         kids = children(runs_df(folder))
         assert len(kids) == 2 and set(kids["status"]) == {"FINISHED"}, f"try {r}"
 
@@ -302,7 +317,7 @@ def test_a_start_up_race_is_retried_only_at_start_up() -> None:
 
 
 # An outside program (optuna-dashboard, a notebook's optuna.load_study) that creates the
-# Optuna storage without our start-up lock, at the same moment as our workers.
+# Optuna storage at the same moment as our workers.
 OUTSIDER = """
 import sys, time
 from pathlib import Path
@@ -319,12 +334,13 @@ for r in range(rounds):
 OURS = """
 import sys, time
 from pathlib import Path
-from cifarnet.queue.jobs import make_storage
+from cifarnet.search.storage import open_storage
+from cifarnet.workspace import Workspace
 folder, rounds = Path(sys.argv[1]), int(sys.argv[2])
 for r in range(rounds):
     while not (folder / f"go.{r}").exists():
         time.sleep(0.002)
-    make_storage(f"sqlite:///{folder / f'optuna{r}.db'}")
+    open_storage(Workspace.resolve(folder), f"sqlite:///{folder / f'optuna{r}.db'}")
     print("opened", r, flush=True)
 """
 
@@ -354,5 +370,5 @@ def test_a_named_sqlite_stores_missing_folder_is_refused_not_made(tmp_path) -> N
         with store_lock(url, "optuna"):
             pass
     with pytest.raises(StoreError, match="^--storage sqlite:.*: the folder .* does not exist"):
-        make_storage(url)
+        open_storage(Workspace.resolve(tmp_path), url)
     assert not (tmp_path / "typo").exists()
