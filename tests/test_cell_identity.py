@@ -14,7 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cifarnet.spec.ablation import SHIPPED_ROOT, cell_label, parse_spec
+from cifarnet.spec.ablation import cell_label, parse_spec
+from cifarnet.spec.common import SHIPPED_ROOT
 from cifarnet.analysis.report import analyze_grid
 from cifarnet.analysis.results import spec_changes
 from cifarnet.cli.main import main

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import search_spec
 
-from cifarnet.spec.ablation import SpecError, load_spec, parse_spec
+from cifarnet.spec.ablation import load_spec, parse_spec
+from cifarnet.spec.common import SpecError
 from cifarnet.spec.search import load_search_spec, parse_search_spec
 
 GRID = {

@@ -1,5 +1,6 @@
-"""The layers' import contract: the model and the training loop know nothing of tracking or
-search, the statistics know nothing of torch, and only the queue and the search touch Optuna.
+"""The layers' import contract: every import goes down the README's layer table; the model and
+the training loop know nothing of tracking or search, the statistics know nothing of torch,
+and only the search touches Optuna.
 
 Every import counts, lazy ones inside functions included (read from the source's AST)."""
 
@@ -21,7 +22,8 @@ RULES = [
     ("analysis/power.py", {"torch", "torchvision", "mlflow", "optuna"}),
     ("config/*.py", {"torch", "mlflow", "optuna"}),
 ]
-OPTUNA_HOMES = ("queue", "search")
+OPTUNA_HOMES = ("search",)
+README = PACKAGE.parent / "README.md"
 
 
 def imported_modules(source: str) -> set[str]:
@@ -54,11 +56,59 @@ def test_layer_does_not_import(pattern: str, forbidden: set[str]) -> None:
     assert violations(pattern, forbidden) == []
 
 
-def test_only_queue_and_search_import_optuna() -> None:
+def test_only_search_imports_optuna() -> None:
     found = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
              if "optuna" in imported_modules(p.read_text())
              and p.relative_to(PACKAGE).parts[0] not in OPTUNA_HOMES]
     assert found == []
+
+
+def layers(readme: Path = README) -> list[str]:
+    """The README's layer table, top row first: `errors`, `workspace`, ..., `cli`."""
+    text = readme.read_text().split("<!-- layers -->", 1)[1].split("<!-- /layers -->", 1)[0]
+    return [re.match(r"\| `([\w]+)", row)[1] for row in text.splitlines()
+            if re.match(r"\| `\w+(/|\.py)`", row)]
+
+
+def layer_of(path: Path, root: Path = PACKAGE) -> str:
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else path.stem
+
+
+def upward_imports(table: list[str], root: Path = PACKAGE) -> list[str]:
+    """Every import of a module of a lower row (or of no row) by a higher one."""
+    rank = {name: i for i, name in enumerate(table)}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        here = layer_of(path, root)
+        if here in ("__init__", "__main__"):
+            continue
+        for module in sorted(imported_paths(path.read_text())):
+            if module.startswith("cifarnet."):
+                there = module.split(".")[1]
+                if there != here and rank.get(there, len(table)) > rank.get(here, -1):
+                    found.append(f"{path.relative_to(root)} imports {module}")
+    return found
+
+
+def test_every_package_is_a_row_of_the_layer_table() -> None:
+    table = layers()
+    found = {layer_of(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
+    assert sorted(found) == sorted(table)
+
+
+def test_every_import_goes_down_the_layer_table() -> None:
+    assert upward_imports(layers()) == []
+
+
+def test_an_upward_import_fails_the_table(tmp_path) -> None:
+    fake = tmp_path / "cifarnet"
+    for pkg in ("config", "training"):
+        (fake / pkg).mkdir(parents=True)
+    (fake / "config" / "schema.py").write_text("def f():\n    from cifarnet.training import x\n")
+    (fake / "training" / "loop.py").write_text("from cifarnet.config.schema import f\n")
+    assert upward_imports(["config", "training"], fake) == [
+        "config/schema.py imports cifarnet.training"]
 
 
 def test_the_checker_sees_lazy_and_aliased_imports() -> None:
@@ -82,24 +132,9 @@ PRIVATE = re.compile(r"optuna[.\w]*\._|mlflow[.\w]*\._|\._trial_id|\._backend|"
                      r"_get_stale_trial_ids")
 
 
-# not yet on the public API: the grid's old work queue (it goes when the grid runs on the
-# executors) and relocate-store's cache of MLflow artifact repositories
-NOT_YET = ("queue/", "tracking/location.py")
-
-
 def test_no_private_name_of_optuna_or_mlflow_is_used() -> None:
     """Optuna's and MLflow's public API only: a private name breaks with any release."""
     found = [f"{p.relative_to(PACKAGE)}:{n}: {line.strip()}"
              for p in sorted(PACKAGE.rglob("*.py"))
-             if not str(p.relative_to(PACKAGE)).startswith(NOT_YET)
              for n, line in enumerate(p.read_text().splitlines(), 1) if PRIVATE.search(line)]
-    assert found == []
-
-
-def test_only_the_grid_runner_imports_the_queue() -> None:
-    found = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-             if p.relative_to(PACKAGE).parts[0] != "queue"
-             and str(p.relative_to(PACKAGE)) != "ablation/runner.py"
-             and any(m == "cifarnet.queue" or m.startswith("cifarnet.queue.")
-                     for m in imported_paths(p.read_text()))]
     assert found == []

@@ -8,7 +8,8 @@ import yaml
 from click.testing import CliRunner
 from helpers import runs_df, write_spec
 
-from cifarnet.spec.ablation import Match, SpecError, parse_spec
+from cifarnet.spec.ablation import Match, parse_spec
+from cifarnet.spec.common import SpecError
 from cifarnet.cli.main import main
 from cifarnet.config.schema import ModelConfig
 from cifarnet.model.match import matched_width, params_at

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import EXE, REPO, search_spec, study_of, trial_runs, write
 
-from cifarnet.spec.ablation import SpecError
+from cifarnet.spec.common import SpecError
 from cifarnet.cli.main import main
 from cifarnet.spec.search import load_search_spec, parse_search_spec
 from cifarnet.search.study import report_epoch

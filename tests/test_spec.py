@@ -8,7 +8,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cifarnet.spec.ablation import SpecError, load_spec, parse_spec
+from cifarnet.spec.ablation import load_spec, parse_spec
+from cifarnet.spec.common import SpecError
 from cifarnet.cli.main import main
 from cifarnet.config.schema import config_keys, is_result_key
 from cifarnet.errors import UserError

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import write_spec
 
-from cifarnet.spec.ablation import SpecError, parse_spec
+from cifarnet.spec.ablation import parse_spec
+from cifarnet.spec.common import SpecError
 from cifarnet.analysis.stats import Outcome
 from cifarnet.analysis.time_to import TimeToTarget, epochs_to, parse_time_to
 from cifarnet.analysis.verdicts import analyze

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from helpers import EXE, make_tree, signal_when
 
-from cifarnet.spec.ablation import SpecError, parse_spec
+from cifarnet.spec.ablation import parse_spec
+from cifarnet.spec.common import SpecError
 from cifarnet.analysis.tuning import expected_max
 from cifarnet.search.study import SURPLUS, counted_trials, retried_from
 

@@ -51,7 +51,7 @@ def claims_file(name: str) -> Path:
     """The claims file `name`: the path as given, else under the working folder's
     experiments/, else among the files shipped with cifarnet-exp. Raises UserError (--claims)
     naming where it looked."""
-    from cifarnet.spec.ablation import SHIPPED_ROOT, SPECS_ROOT
+    from cifarnet.spec.common import SHIPPED_ROOT, SPECS_ROOT
 
     for candidate in (Path(name), SPECS_ROOT / name, SHIPPED_ROOT / name):
         try:
@@ -336,7 +336,7 @@ def analyses_for(claims: ClaimsFile, analyse: Any) -> dict[str, Analysis | None]
     """Each claimed spec's analysis by `analyse(spec_name)`; None where the store has no
     grid of it yet but the spec file exists (it can be run). Raises UserError naming
     `claims[i].spec` for a name that is neither a spec file nor an experiment of the store."""
-    from cifarnet.spec.ablation import resolve_spec_path
+    from cifarnet.spec.common import resolve_spec_path
 
     out: dict[str, Analysis | None] = {}
     for i, claim in enumerate(claims.claims):

@@ -270,7 +270,8 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-    from cifarnet.spec.ablation import MAX_RUNS, load_spec
+    from cifarnet.spec.ablation import load_spec
+    from cifarnet.spec.common import MAX_RUNS
 
     spec = load_spec(spec_path)
     if assignments:  # run-config keys into the base; tune.* into the tune block
@@ -348,8 +349,8 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
     summary line, and the exit code (1 when a run failed)."""
     from cifarnet.ablation.adaptive import run_until_decided
     from cifarnet.ablation.execute import Outcome, run_grid
-    from cifarnet.analysis.report import analyze_grid, verdict_table
-    from cifarnet.cli.progress import DecodeProgress, GridProgress, table_console
+    from cifarnet.analysis.report import analyze_grid
+    from cifarnet.cli.progress import DecodeProgress, GridProgress
     from cifarnet.signals import stop_at_once, stop_on_signals
     from cifarnet.data.datasets import preload_data
     from cifarnet.tracking.results import find_parent_run
@@ -775,7 +776,7 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-    from cifarnet.spec.ablation import MAX_RUNS
+    from cifarnet.spec.common import MAX_RUNS
     from cifarnet.cli.progress import DecodeProgress, SearchProgress
     from cifarnet.signals import stop_on_signals
     from cifarnet.config.schema import parse_assignments
@@ -900,7 +901,7 @@ def search_report_cmd(name: str, storage: str | None, out_dir: str | None) -> No
     from cifarnet.cli.logs import quiet_libraries
 
     quiet_libraries()
-    from cifarnet.spec.ablation import SpecError
+    from cifarnet.spec.common import SpecError
     from cifarnet.search.storage import check_storage_url, open_storage, storage_exists
     from cifarnet.search.report import load_study, markdown, write_plots
     from cifarnet.spec.search import load_search_spec

@@ -28,7 +28,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.trial import FrozenTrial, TrialState
 
-from cifarnet.spec.ablation import SpecError
+from cifarnet.spec.common import SpecError
 from cifarnet.config.schema import RunConfig
 from cifarnet.data.datasets import Dataset, load_data
 from cifarnet.errors import UserError

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cifarnet.spec.ablation import (
+from cifarnet.spec.common import (
     MAX_RUNS,
     SpecError,
     check_sets,

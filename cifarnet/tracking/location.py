@@ -105,16 +105,5 @@ def relocate(workspace: Workspace) -> list[Relocation]:
                     done.append(Relocation(old, workspace.local_root, rows))
         finally:
             con.close()
-    _forget_artifact_repositories()
-    return done
+    return done  # the command ends here: no artifact repository of this process is reused
 
-
-def _forget_artifact_repositories() -> None:
-    """MLflow keeps each run's artifact repository in a process-wide cache keyed by run id
-    (`mlflow.tracking._tracking_service.utils._artifact_repos_cache`, MLflow 3.x): emptied,
-    so this process writes no more artifacts to a run's old location."""
-    from mlflow.tracking._tracking_service import utils
-
-    cache = getattr(utils, "_artifact_repos_cache", None)
-    if cache is not None:
-        cache.clear()

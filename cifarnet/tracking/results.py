@@ -21,7 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from cifarnet.spec.ablation import AblationSpec, parse_spec, resolve_spec_path
+from cifarnet.spec.ablation import AblationSpec, parse_spec
+from cifarnet.spec.common import resolve_spec_path
 from cifarnet.config.yamlio import safe_load
 from cifarnet.errors import UserError
 from cifarnet.tracking.retry import retry_setup
