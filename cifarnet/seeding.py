@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
 
 
@@ -24,7 +23,3 @@ def torch_gen(*parts: object) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed_from(*parts))
     return g
-
-
-def numpy_rng(*parts: object) -> np.random.Generator:
-    return np.random.default_rng(seed_from(*parts))

@@ -22,6 +22,7 @@ from cifarnet.errors import StoreError
 from cifarnet.search.storage import open_storage
 from cifarnet.tracking.retry import is_startup_race, is_transient, retry_setup, retry_startup
 from cifarnet.tracking.startup import init_tracking_store, store_lock
+from cifarnet.workspace import Workspace
 
 ROUNDS = 5
 WORKERS = 3

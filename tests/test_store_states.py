@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from helpers import children, runs_df, write_spec
 
 from cifarnet.cli.main import main
-from cifarnet.tracking.store import shared_parent_run
 
 
 def _run(spec, *extra):
@@ -51,28 +50,6 @@ def test_a_grid_whose_parent_run_was_deleted_gets_a_new_one(tiny_tree, tmp_path,
     assert len(parents) == 1 and parents["run_id"].item() != old_parent
     assert parents["status"].item() == "FINISHED"
     assert len(children(df)) == 4
-
-
-class _Slot:
-    def __init__(self, value=None) -> None:
-        self.value = value
-
-    def get(self):
-        return self.value
-
-    def set(self, value) -> None:
-        self.value = value
-
-
-def test_a_study_without_a_parent_id_gets_a_parent_instead_of_failing(tmp_path) -> None:
-    """The creator died between creating the study and recording the parent run's id."""
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("e")
-    slot = _Slot()
-    parent = shared_parent_run(client, exp, slot, False, "grid", {"k": "v"}, {}, wait_s=0.2)
-    assert slot.value == parent and client.get_run(parent).data.tags["k"] == "v"
-    # the next worker joins that parent
-    assert shared_parent_run(client, exp, slot, False, "grid", {}, {}, wait_s=0.2) == parent
 
 
 @pytest.mark.slow

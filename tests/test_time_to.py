@@ -11,7 +11,8 @@ from helpers import write_spec
 from cifarnet.spec.ablation import parse_spec
 from cifarnet.spec.common import SpecError
 from cifarnet.analysis.stats import Outcome
-from cifarnet.analysis.time_to import TimeToTarget, epochs_to, parse_time_to
+from cifarnet.analysis.time_to import epochs_to
+from cifarnet.spec.metrics import TimeToTarget, parse_time_to
 from cifarnet.analysis.verdicts import analyze
 from cifarnet.cli.main import main
 

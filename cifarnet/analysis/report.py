@@ -22,7 +22,7 @@ from cifarnet.analysis.plots import (
     plot_tuning_curves,
 )
 from cifarnet.analysis.provenance import GridSource
-from cifarnet.analysis.time_to import parse_time_to
+from cifarnet.spec.metrics import parse_time_to
 from cifarnet.analysis.verdicts import (
     Analysis,
     analyze,

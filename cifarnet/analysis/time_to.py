@@ -20,12 +20,11 @@ This module imports neither torch nor MLflow.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import pandas as pd
 
-from cifarnet.spec.metrics import TimeToTarget, parse_time_to  # noqa: F401
+from cifarnet.spec.metrics import TimeToTarget
 
 
 

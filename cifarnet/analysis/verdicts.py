@@ -25,7 +25,8 @@ from cifarnet.analysis.multiple import adjusted_verdict, holm_adjust
 from cifarnet.analysis.provenance import GridSource, Provenance, describe
 from cifarnet.analysis.sequential import anytime_verdict
 from cifarnet.analysis.test_set import TwoSources, two_sources
-from cifarnet.analysis.time_to import censoring_note, parse_time_to, time_to_by_seed
+from cifarnet.analysis.time_to import censoring_note, time_to_by_seed
+from cifarnet.spec.metrics import parse_time_to
 from cifarnet.analysis.stats import (
     NO_INTERVAL,
     Comparison,

@@ -581,7 +581,7 @@ def _dry_run_power(spec: Any, workspace: Any, seeds: int) -> list[str]:
     needs (`analysis.power`), with the spread of the store's earlier grids at this budget
     (`tracking.spread`) or the documented default; read-only."""
     from cifarnet.analysis.power import plan, plan_line, spread_of
-    from cifarnet.analysis.time_to import parse_time_to
+    from cifarnet.spec.metrics import parse_time_to
     from cifarnet.data.datasets import data_key, preload_data
     from cifarnet.tracking.spread import budget_rows
 

@@ -14,11 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cifarnet.tracking.runs import all_runs
-from cifarnet.tracking.tags import TAG_DATA, TAG_HASH, TAG_ROLE, TAG_STATUS, Role
 from cifarnet.training.callbacks import Callback, RunContext
 from cifarnet.training.loop import CHECKPOINT, METRICS
-from cifarnet.training.status import RunStatus
 
 ARTIFACT_DIR = "checkpoint"
 
@@ -31,27 +28,6 @@ class CheckpointArtifact(Callback):
 
     def on_epoch_end(self, ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
         self.client.log_artifact(self.run_id, str(ctx.run_dir / CHECKPOINT), ARTIFACT_DIR)
-
-
-def interrupted_runs(client: Any, experiment_id: str,
-                     fingerprints: set[str] | None = None) -> dict[str, str]:
-    """config hash -> the latest grid run of that job that was killed or went stale (its
-    worker vanished); only jobs with no FINISHED run, and (given `fingerprints`) only runs
-    trained on one of those data sets."""
-    flt = (f"tags.`{TAG_ROLE}` = '{Role.CHILD}' and attributes.status != 'RUNNING'")
-    runs = sorted(all_runs(client, experiment_id, flt), key=lambda r: r.info.start_time)
-    out: dict[str, str] = {}
-    finished = set()
-    for r in runs:
-        if fingerprints is not None and r.data.tags.get(TAG_DATA) not in fingerprints:
-            continue
-        h = r.data.tags.get(TAG_HASH)
-        if r.info.status == "FINISHED":
-            finished.add(h)
-        elif r.data.tags.get(TAG_STATUS) in (RunStatus.KILLED, RunStatus.STALE) or (
-                r.info.status == "KILLED"):
-            out[h] = r.info.run_id
-    return {h: rid for h, rid in out.items() if h not in finished}
 
 
 def fetch_checkpoint(client: Any, run_id: str, run_dir: Path) -> bool:

@@ -121,14 +121,6 @@ def finished_hashes(client: Any, experiment_id: str, config_hash: str | None = N
     return {r.data.tags[TAG_HASH] for r in all_runs(client, experiment_id, flt)}
 
 
-def fail_stale_runs(client: Any, experiment_id: str, config_hash: str) -> None:
-    """End FAILED (status `stale`) the runs of this job left RUNNING by a dead worker: the
-    calling worker now owns the job."""
-    flt = f"tags.`{TAG_HASH}` = '{config_hash}' and attributes.status = 'RUNNING'"
-    for r in all_runs(client, experiment_id, flt):
-        fail_stale_run(client, r.info.run_id)
-
-
 def fail_stale_run(client: Any, run_id: str) -> None:
     """End FAILED (status `stale`) a run whose worker stopped without ending it."""
     client.set_tag(run_id, TAG_REASON, "stale: its worker stopped without ending it")

@@ -10,25 +10,14 @@ summary table as artifacts. System metrics (CPU, memory, GPU) are logged while a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cifarnet.errors import UserError
 from cifarnet.model.summary import Summary, format_table, summarize
 from cifarnet.data.keys import CLASS_NAMES_ARTIFACT, class_metric_keys
 from cifarnet.tracking.location import check_location
 from cifarnet.tracking.urls import sqlite_path
-from cifarnet.tracking.tags import (  # noqa: F401
-    TAG_CELL,
-    TAG_GRID,
-    TAG_HASH,
-    TAG_PRECISION,
-    TAG_REASON,
-    TAG_ROLE,
-    TAG_SEED,
-    TAG_SPEC,
-    TAG_STATUS,
-    Role,
-)
+from cifarnet.tracking.tags import TAG_CELL, TAG_PRECISION, TAG_REASON, TAG_ROLE, TAG_STATUS, Role
 from cifarnet.training.callbacks import Callback, RunContext, RunResult
 from cifarnet.training.evaluation import PREDICTIONS
 from cifarnet.training.status import RunStatus
@@ -182,65 +171,6 @@ def experiment_links(base_url: str) -> list[tuple[str, str]]:
     return [(e.name, shared_view_url(base_url, e.experiment_id)) for e in exps]
 
 
-class SharedValue(Protocol):
-    """A value that workers share through the queue's storage (e.g. a study attribute)."""
-
-    def get(self) -> str | None: ...
-
-    def set(self, value: str) -> None: ...
-
-
-def shared_parent_run(client: Any, experiment_id: str, slot: SharedValue, created: bool,
-                      run_name: str, tags: dict[str, str], artifacts: dict[str, dict],
-                      wait_s: float = 15.0) -> str:
-    """One parent run for all workers of a queue or study: the worker that created the study
-    creates the run and stores its id in `slot`; the others read it from there, waiting up to
-    `wait_s` seconds for the creator. A parent that is not RUNNING is reopened. When the slot
-    stays empty (the creator died before filling it) or names a run the store no longer has
-    (deleted), this worker creates a new parent and stores its id. A worker that joins an
-    existing parent writes its `tags` and `artifacts` again (the spec as this worker read it:
-    edited hypotheses are what the reports answer)."""
-    import time
-
-    def create() -> str:
-        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-        for name, content in artifacts.items():
-            client.log_dict(run.info.run_id, content, name)
-        slot.set(run.info.run_id)
-        return run.info.run_id
-
-    if created:
-        return create()
-    deadline = time.monotonic() + wait_s
-    while (parent := slot.get()) is None and time.monotonic() < deadline:
-        time.sleep(0.5)  # the slot reads the storage afresh
-    run = _existing_run(client, parent) if parent else None
-    if run is None:
-        return create()
-    if run.info.status != "RUNNING":
-        client.update_run(parent, status="RUNNING")
-    # what this worker runs is what the parent records: a spec whose hypotheses or
-    # description were edited since (they do not change the grid) is stored again, so that
-    # the verdicts and reports answer the hypotheses as they now read
-    for key, value in tags.items():
-        if run.data.tags.get(key) != value:
-            client.set_tag(parent, key, value)
-    for name, content in artifacts.items():
-        client.log_dict(parent, content, name)
-    return parent
-
-
-def _existing_run(client: Any, run_id: str) -> Any:
-    """The run, or None when the store has no live run of that id."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        return None
-    return None if run.info.lifecycle_stage == "deleted" else run
-
-
 def summary_params(s: Summary) -> dict[str, Any]:
     return {"arch.params": s.total_params, "arch.macs": s.total_macs,
             "arch.receptive_field": s.receptive_field}
@@ -361,4 +291,3 @@ def dataset_input(ctx: RunContext) -> Any:
 def _one_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else text)[:500]
-
