@@ -138,3 +138,13 @@ def test_no_private_name_of_optuna_or_mlflow_is_used() -> None:
              for p in sorted(PACKAGE.rglob("*.py"))
              for n, line in enumerate(p.read_text().splitlines(), 1) if PRIVATE.search(line)]
     assert found == []
+
+
+def test_no_function_of_the_package_is_over_60_lines() -> None:
+    """A function a reader takes in at once (issue 25: the CLI only parses, calls, prints)."""
+    long = [f"{p.relative_to(PACKAGE)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1})"
+            for p in sorted(PACKAGE.rglob("*.py"))
+            for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.end_lineno - n.lineno + 1 > 60]
+    assert long == []

@@ -172,7 +172,6 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
     seeds = sorted(set(a.runs[a.runs["cell"].isin([v.a_cell, v.b_cell])
                               & (a.runs["status"] == "FINISHED")]["seed"])) if len(a.runs) else []
     eff, corr = row["pairing_efficiency"], row["corr"]
-    p = a.provenance
     out += [f"**Claim as tested:** {h.claim} (`{h.expect}` on {h.metric}, region of practical "
             f"equivalence {row['rope']:g} {unit}); a = `{v.a_cell}`, b = `{v.b_cell}`.", "",
             "| verdict | evidence vs the author | a - b | 95% interval | p (t) | seeds (n) | "
@@ -188,19 +187,7 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
     if c.note:
         out += [f"Note: {c.note}", ""]
     out += [power_line(v), ""]
-    changes = spec_changes(a.spec, written) if written is not None else []
-    if p is not None:
-        budget = f"{p.budget[:1].upper()}{p.budget[1:]}. Data: {a.data_label or 'unknown'}."
-        if changes:
-            budget += (f" **The grid ran the spec with changes**: {'; '.join(changes)}. The "
-                       f"spec as written: `cifarnet-exp run {claim.spec}`.")
-        elif p.reduced:
-            budget += (" This is the spec's own budget, below the default recipe's (30 epochs "
-                       "on the full training set).")
-        out += [budget, ""]
-        out += [f"- {k}: {val}" for k, val in p.fields if k in ("grid", "parent run", "recipe",
-                                                               "precision", "images", "epochs")]
-        out.append("")
+    out += _budget_lines(a, claim, spec_changes(a.spec, written) if written is not None else [])
     for c_ in a.tuning:
         if c_.cell in (v.a_cell, v.b_cell):
             out.append(f"- tuned before the verdict (tune, then compare): `{c_.cell}` at "
@@ -212,6 +199,25 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
         out.append(f"- MLflow runs of {side} (`{cell}`): {', '.join(ids) or 'none'}")
     out.append("")
     out += [f"![{Path(x).stem}]({x})" for x in plots] + [""]
+    return out
+
+
+def _budget_lines(a: Analysis, claim: Claim, changes: list[str]) -> list[str]:
+    """The grid's budget and data, how its spec differed from the file, and its provenance."""
+    p = a.provenance
+    if p is None:
+        return []
+    budget = f"{p.budget[:1].upper()}{p.budget[1:]}. Data: {a.data_label or 'unknown'}."
+    if changes:
+        budget += (f" **The grid ran the spec with changes**: {'; '.join(changes)}. The "
+                   f"spec as written: `cifarnet-exp run {claim.spec}`.")
+    elif p.reduced:
+        budget += (" This is the spec's own budget, below the default recipe's (30 epochs "
+                   "on the full training set).")
+    out = [budget, ""]
+    out += [f"- {k}: {val}" for k, val in p.fields
+            if k in ("grid", "parent run", "recipe", "precision", "images", "epochs")]
+    out.append("")
     return out
 
 

@@ -783,7 +783,6 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     from cifarnet.data.datasets import load_data
     from cifarnet.spec.search import load_search_spec
     from cifarnet.search.study import run_search
-    from cifarnet.tracking.urls import masked
     from cifarnet.training.callbacks import StopOnEvent
 
     workspace = click.get_current_context().obj
@@ -815,6 +814,13 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
     if request.event.is_set():  # a signal after the last trial had ended still stops it
         interrupted(request, "every trial had finished before the signal; `cifarnet-exp "
                              f"search-report {spec.name}` shows the study")
+    _print_search_end(spec, out, no_final, grace, storage or workspace.storage_url)
+
+
+def _print_search_end(spec: Any, out: Any, no_final: bool, grace: int, url: str) -> None:
+    """The study's counts, its best trials, and the held-out test or why it has not run."""
+    from cifarnet.tracking.urls import masked
+
     counts = ", ".join(f"{v} {k.lower()}" for k, v in out.trials.items() if v)
     click.echo(f"{out.study_name} (spec identity {spec.identity()[:12]}): {counts}")
     for b in out.best:
@@ -831,7 +837,7 @@ def search_cmd(spec_path: str, n_trials: int | None, storage: str | None,
         click.echo(f"held-out test: not yet; {out.trials['RUNNING']} trial(s) still RUNNING "
                    f"(another worker's, or a killed one's: stale {grace} s after its last "
                    "heartbeat); rerun after that to finish the study")
-    click.echo(f"optuna-dashboard {masked(storage or workspace.storage_url)}")
+    click.echo(f"optuna-dashboard {masked(url)}")
 
 
 def _search_workers(spec: Any, workers: int, workspace: Any, storage_url: str | None,

@@ -107,42 +107,10 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
         # none is reopened (a reopened study's run would get a new end time)
         listener.message("every arm was tuned before (tuned.yaml on the grid's parent run)")
         return recorded, []
-    waited = False
+    arm = _ArmTuner(spec, workspace, grid, searches, trial_data, listener, stop,
+                    storage_url, heartbeat_interval, grace_period, reuse)
     try:
-        while True:
-            results, pending = [], False
-            for cell in spec.arms():
-                search = searches[cell.label]
-
-                def callbacks(number: int, label: str = cell.label) -> list[Any]:
-                    return [*listener.run_callbacks(f"tune {label} trial {number}"),
-                            StopOnEvent(stop)]
-
-                out = run_search(search, workspace, storage_url=storage_url,
-                                 data=trial_data[data_key(search.base_config().data)],
-                                 callbacks=callbacks, heartbeat_interval=heartbeat_interval,
-                                 grace_period=grace_period,
-                                 nest=Nest(arm_study_name(spec, grid.grid_id, cell),
-                                           grid.experiment_id, grid.parent_run_id, cell.label,
-                                           reuse))
-                if out.trials.get("RUNNING") or out.trials.get("WAITING"):
-                    pending = True  # another worker's trial: its value may be the best
-                    continue
-                if not out.best:
-                    raise UserError(f"tune: arm {cell.label} ended its {out.counted} trial(s) "
-                                    "with none completed (all failed or pruned); see its "
-                                    "study's runs in MLflow")
-                best = out.best[0]
-                results.append(ArmResult(cell.label, best["number"], float(best["values"][0]),
-                                         dict(best["params"]), dict(out.trials)))
-                _record_best(grid.client, out.parent_run_id, results[-1])
-            if not pending:
-                break
-            if not waited:  # said once, not every poll
-                listener.message("waiting for other workers' trials to finish")
-                waited = True
-            if stop.wait(poll_interval) or stop.is_set():
-                raise KeyboardInterrupt
+        results = arm.all_until_done(poll_interval)
     except KeyboardInterrupt:
         grid.client.set_terminated(grid.parent_run_id, "KILLED")  # the next run reopens it
         raise
@@ -154,6 +122,65 @@ def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dat
                          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in r.params.items()))
     return spec.with_tuned({r.cell: r.params for r in results}), results
+
+
+@dataclass
+class _ArmTuner:
+    """Runs the arms' studies of one grid (`tune_grid`), one object passed down."""
+
+    spec: AblationSpec
+    workspace: Workspace
+    grid: Any
+    searches: dict[str, Any]
+    trial_data: dict[tuple, Dataset]
+    listener: GridListener
+    stop: StopEvent
+    storage_url: str | None
+    heartbeat_interval: int
+    grace_period: int
+    reuse: bool
+
+    def all_until_done(self, poll_interval: float) -> list[ArmResult]:
+        """Every arm's result; while another worker's trial still runs, waits
+        `poll_interval` s and looks again. KeyboardInterrupt on a stop."""
+        waited = False
+        while True:
+            results = [self.one(cell) for cell in self.spec.arms()]
+            if all(r is not None for r in results):
+                return results
+            if not waited:  # said once, not every poll
+                self.listener.message("waiting for other workers' trials to finish")
+                waited = True
+            if self.stop.wait(poll_interval) or self.stop.is_set():
+                raise KeyboardInterrupt
+
+    def one(self, cell: Cell) -> ArmResult | None:
+        """The arm's study brought to its budget; None while another worker's trial runs
+        (its value may be the best). UserError when no trial completed."""
+        search = self.searches[cell.label]
+
+        def callbacks(number: int) -> list[Any]:
+            return [*self.listener.run_callbacks(f"tune {cell.label} trial {number}"),
+                    StopOnEvent(self.stop)]
+
+        out = run_search(search, self.workspace, storage_url=self.storage_url,
+                         data=self.trial_data[data_key(search.base_config().data)],
+                         callbacks=callbacks, heartbeat_interval=self.heartbeat_interval,
+                         grace_period=self.grace_period,
+                         nest=Nest(arm_study_name(self.spec, self.grid.grid_id, cell),
+                                   self.grid.experiment_id, self.grid.parent_run_id,
+                                   cell.label, self.reuse))
+        if out.trials.get("RUNNING") or out.trials.get("WAITING"):
+            return None
+        if not out.best:
+            raise UserError(f"tune: arm {cell.label} ended its {out.counted} trial(s) with "
+                            "none completed (all failed or pruned); see its study's runs in "
+                            "MLflow")
+        best = out.best[0]
+        result = ArmResult(cell.label, best["number"], float(best["values"][0]),
+                           dict(best["params"]), dict(out.trials))
+        _record_best(self.grid.client, out.parent_run_id, result)
+        return result
 
 
 def _record_best(client: Any, study_run_id: str, result: ArmResult) -> None:

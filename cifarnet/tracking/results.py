@@ -90,22 +90,11 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     no grid matches `grid`."""
     import mlflow
 
-    from cifarnet.tracking.startup import check_sqlite_shape
-
     workspace = workspace or Workspace.resolve()
     if grid is not None and not grid.strip():  # '' is a prefix of every id: it chose the newest
         raise UserError("--grid: empty; give the first characters of a grid id (`report` "
                         "lists them when the experiment holds several)")
-    if workspace.local_tracking:
-        check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
-    if not store_exists(workspace):  # opening it would create it
-        where, advice = ((workspace.local_root, "run a grid first, or set MLFLOW_TRACKING_URI")
-                         if workspace.local_tracking else
-                         (f"{masked(workspace.tracking_uri)}, MLFLOW_TRACKING_URI",
-                          "run a grid there first"))
-        raise UserError(f"{spec_or_experiment}: no experiment of that name (no store at "
-                        f"{where}; {advice})")
-    client = setup_mlflow(workspace)
+    client = _existing_store(workspace, spec_or_experiment)
     name = spec_or_experiment
     try:
         from cifarnet.spec.ablation import load_spec
@@ -143,6 +132,22 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     return ParentRun(spec, name, exp.experiment_id, parent.info.run_id, workspace,
                      fps, parent.data.tags.get(TAG_GRID, ""), len(grids),
                      parent.info.start_time)
+
+
+def _existing_store(workspace: Workspace, name: str) -> Any:
+    """A client of the workspace's MLflow store; UserError naming `name` when there is no
+    store yet (opening it would create one)."""
+    from cifarnet.tracking.startup import check_sqlite_shape
+
+    if workspace.local_tracking:
+        check_sqlite_shape(workspace.tracking_uri, workspace.local_root / "mlflow.db")
+    if not store_exists(workspace):
+        where, advice = ((workspace.local_root, "run a grid first, or set MLFLOW_TRACKING_URI")
+                         if workspace.local_tracking else
+                         (f"{masked(workspace.tracking_uri)}, MLFLOW_TRACKING_URI",
+                          "run a grid there first"))
+        raise UserError(f"{name}: no experiment of that name (no store at {where}; {advice})")
+    return setup_mlflow(workspace)
 
 
 def load_runs(spec_or_experiment: str | ParentRun, with_history: bool = False,
