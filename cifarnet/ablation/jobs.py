@@ -167,7 +167,7 @@ def _train(client: Any, req: JobRequest, cfg: Any, data: Dataset,
     try:
         with adopted_run(client, req.run_id, system_metrics=True) as run:
             result = train(cfg, [CheckpointArtifact(client, req.run_id),
-                                 MlflowRunCallback(req.run_id, log_restored=False),
+                                 MlflowRunCallback(req.run_id),
                                  *callbacks],
                            data=data, run_dir=run_dir, resume=resume,
                            on_bad_checkpoint=OnBadCheckpoint.FRESH)

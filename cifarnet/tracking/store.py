@@ -178,11 +178,11 @@ def summary_params(s: Summary) -> dict[str, Any]:
 
 class MlflowRunCallback(Callback):
     """Logs one training run into an already started MLflow run (`run_id`). A resumed run
-    logs its restored epochs again only into a new run (`log_restored`); the job's own run
-    already holds them."""
+    logs the restored epochs its MLflow run does not hold yet (a kill between an epoch's
+    checkpoint upload and its metrics leaves one out), so every epoch is logged once."""
 
-    def __init__(self, run_id: str, log_restored: bool = True) -> None:
-        self.run_id, self.log_restored = run_id, log_restored
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
 
     def on_run_start(self, ctx: RunContext) -> None:
         from mlflow.entities import Param
@@ -199,8 +199,11 @@ class MlflowRunCallback(Callback):
         client.set_tag(self.run_id, TAG_PRECISION, ctx.precision)  # a column in the UI
         client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
         client.log_text(self.run_id, format_table(s) + "\n", "summary.txt")
-        for epoch, metrics in enumerate(ctx.restored_history if self.log_restored else [], 1):
-            self.on_epoch_end(ctx, epoch, metrics)
+        logged = ({m.step for m in client.get_metric_history(self.run_id, "train_loss")}
+                  if ctx.restored_history else set())
+        for epoch, metrics in enumerate(ctx.restored_history, 1):
+            if epoch not in logged:
+                self.on_epoch_end(ctx, epoch, metrics)
         client.log_inputs(self.run_id, datasets=[dataset_input(ctx)])
 
     def on_epoch_end(self, ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
