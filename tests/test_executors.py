@@ -115,3 +115,37 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_resumes_in_the_same_run(tmp_
     history = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
                                   ).get_metric_history(kids["run_id"].item(), "train_loss")
     assert sorted({m.step for m in history}) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_postgres_grid_of_60_runs_survives_5_kills_at_random_moments(tiny_tree, tmp_path,
+                                                                       pg_database) -> None:
+    """60 tiny runs (2 worker processes) on PostgreSQL; the launcher killed with -9 five
+    times at random moments, each time started again at once; then one launch to the end.
+    Every job ends FINISHED exactly once and no run is left RUNNING."""
+    import random
+
+    url = pg_database("sixty")
+    spec = write_spec(tmp_path, tiny_tree, seeds=list(range(6)),
+                      factors={"train.lr": [0.01 * (i + 1) for i in range(10)]})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": "1"}
+    args = [EXE, "run", str(spec), "--workers", "2", "--heartbeat", "1", "--grace", "7"]
+    rng, kills = random.Random(60), 0
+    for _ in range(5):
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        time.sleep(rng.uniform(4.0, 12.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.communicate(timeout=60)
+    last = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert kills >= 3, kills
+    mlflow.set_tracking_uri(url)
+    kids = children(mlflow.search_runs(experiment_names=["tiny"]))
+    assert len(kids) == 60, len(kids)  # one run per job, kept across attempts
+    assert set(kids["status"]) == {"FINISHED"}
+    assert kids["tags.cifarnet.config_hash"].is_unique
