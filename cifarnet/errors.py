@@ -42,5 +42,5 @@ def one_line(message: str, limit: int = 400) -> str:
 
 
 class StoreError(UserError):
-    """A tracking store or queue storage that cannot be opened, or whose start-up lock is
+    """A tracking store or Optuna storage that cannot be opened, or whose lock is
     held too long; the message carries the store's URL with its password masked."""

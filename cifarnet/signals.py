@@ -1,8 +1,8 @@
 """One signal policy for every command: SIGINT, SIGTERM and SIGHUP stop the work cleanly.
 
 The first signal sets a stop event: the trainer's `StopOnEvent` callback turns it into
-KeyboardInterrupt at the next batch boundary, the current run ends KILLED and the queue's claim
-is released; the command then exits 128 + the signal's number (130, 143, 129) with one line. A
+KeyboardInterrupt at the next batch boundary and the current run ends KILLED (a rerun resumes
+it); the command then exits 128 + the signal's number (130, 143, 129) with one line. A
 second signal stops at once.
 
 **A handler takes no lock.** Python runs a signal handler in the main thread between two

@@ -4,7 +4,8 @@ reads the working directory or the environment on its own.
 The default layout of a folder that cifarnet-exp runs in:
   mlruns/mlflow.db       MLflow's SQLite store (unless MLFLOW_TRACKING_URI is set)
   mlruns/artifacts/      its artifacts, one folder per experiment
-  mlruns/optuna.db       the work queue and studies (unless --storage / CIFARNET_STORAGE)
+  mlruns/optuna.db       Optuna studies of searches and tune: blocks (unless --storage /
+                         CIFARNET_STORAGE)
   experiments/           specs looked up by relative path or shipped name
   reports/               `report` and `search-report` output
 """

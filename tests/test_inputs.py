@@ -377,7 +377,7 @@ def test_one_database_for_both_stores_is_refused(here, monkeypatch, tiny_tree, a
                                                         "data": {"path": str(tiny_tree)}}}))
     refused(here, ["run", str(spec), "--storage", url, *args],
             f"--storage {url}: the same database as MLflow's tracking store "
-            "(MLFLOW_TRACKING_URI); the queue and MLflow need separate databases")
+            "(MLFLOW_TRACKING_URI); Optuna's storage and MLflow need separate databases")
     assert not (here / "both.db").exists()
 
 

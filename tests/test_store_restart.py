@@ -96,19 +96,18 @@ def test_a_tracking_server_restart_mid_grid_loses_nothing(tiny_tree, tmp_path) -
 def test_database_connections_dropped_mid_grid_lose_nothing(tiny_tree, tmp_path,
                                                             pg_database) -> None:
     """What a PostgreSQL restart does to connected clients ("terminating connection due to
-    administrator command"), done to every connection of the grid's two databases (MLflow's
-    and the queue's) five times, 1.5 s apart, once the grid trains: it goes on, and each job
-    ends FINISHED once."""
+    administrator command"), done to every connection of the grid's MLflow database five
+    times, 1.5 s apart, once the grid trains: it goes on, and each job ends FINISHED once."""
     import mlflow
     import psycopg
     from pg import PG_ADMIN
 
-    tracking, queue = pg_database("mlflow"), pg_database("queue")
-    names = [u.rsplit("/", 1)[1] for u in (tracking, queue)]
+    tracking = pg_database("mlflow")
+    names = [tracking.rsplit("/", 1)[1]]
     spec = write_spec(tmp_path, tiny_tree, epochs=4, seeds=[0],
                       factors={"model.residual_add": [True, False]})
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
-    grid = subprocess.Popen([EXE, "run", str(spec), "--storage", queue], cwd=tmp_path, env=env,
+    grid = subprocess.Popen([EXE, "run", str(spec)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     dropped = []
     try:

@@ -51,7 +51,7 @@ MAX_SEEDS = 1000
 # independent (Jordan 2024, "Calibrated chaos": architectural variants decorrelate) give
 # paired differences with sd sqrt(2) x 0.0027 = 0.0038, rounded up to 0.004 (0.4 points).
 DEFAULT_SD = 0.004
-DEFAULT_SOURCE = "the documented default (README: Power before launch)"
+DEFAULT_SOURCE = "the documented default (docs/statistics.md: Power before launch)"
 
 
 @dataclass(frozen=True)

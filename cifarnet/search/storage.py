@@ -86,7 +86,7 @@ def check_apart_from_tracking(workspace: Workspace, url: str) -> None:
     second to open it failed with "Can't locate revision", after both schemas were written."""
     if url == workspace.tracking_uri:
         raise StoreError(f"{workspace.storage_key(url)} {masked(url)}: the same database as "
-                         f"MLflow's tracking store ({workspace.tracking_key}); the queue and "
+                         f"MLflow's tracking store ({workspace.tracking_key}); Optuna's storage and "
                          "MLflow need separate databases (both keep their schema version in "
                          "a table alembic_version)")
 

@@ -13,8 +13,8 @@ the verdict is given on those runs, as for any grid.
 MLflow: the grid's parent run, under it one nested parent per arm's study (role `arm_study`,
 the best trial and its validation accuracy recorded once the study is complete), the trials
 as its children (role `arm_trial`), and the verdict runs as the grid's children. The studies
-live in the Optuna storage, so `--workers` and other machines share them; an interrupted
-trial runs again with the same parameters (`search.study`), so a killed and rerun grid ends
+live in the Optuna storage (their trials run one at a time in the launcher's process;
+`--workers` and `--executor` apply to the verdict runs); an interrupted trial runs again with the same parameters (`search.study`), so a killed and rerun grid ends
 with every arm at exactly `n_trials` trials.
 """
 
