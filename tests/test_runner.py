@@ -48,9 +48,19 @@ def test_tiny_grid_is_tracked_and_a_rerun_adds_nothing(tiny_tree, tmp_path, monk
     assert set(kids["params.arch.receptive_field"]) == {"83"}
     assert kids["metrics.test_acc"].between(0, 1).all()
     assert "metrics.system/cpu_utilization_percentage" in df.columns
+    # what MLflow's UI shows: the verdict and its interval on the parent run, the spec's
+    # description on the experiment, runs grouped by cell within grid and budget
+    p = parent.iloc[0]
+    assert p["tags.cifarnet.verdict.H"] in {"supported", "refuted", "inconclusive", "no verdict"}
+    assert p["metrics.H.n"] == 2 and p["metrics.H.ci_low"] <= p["metrics.H.mean_diff"]
+    grid = p["tags.cifarnet.grid"][:6]
+    assert set(kids["tags.cifarnet.group"]) == {f"residual_add={v} | 1ep g{grid}"
+                                                for v in ("true", "false")}
 
     import mlflow
     client = mlflow.MlflowClient()
+    assert client.get_experiment_by_name("tiny").tags["mlflow.note.content"] == (
+        "a tiny grid for tests")
     run_id = kids["run_id"].iloc[0]
     history = client.get_metric_history(run_id, "test_acc")
     assert [m.step for m in history] == [1]

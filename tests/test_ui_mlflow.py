@@ -61,7 +61,7 @@ def test_an_existing_experiment_without_the_kind_tag_gets_it(tmp_path, monkeypat
     tags = client.get_experiment(old).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(tags["mlflow.sharedViewState.cifarnet"])
-    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "cifarnet.cell"}]
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "cifarnet.group"}]
     assert "metrics.`test_acc`" in view["selectedColumns"]
     new = get_or_create_experiment(client, ws, "a search", group_by=None)
     view = json.loads(client.get_experiment(new).tags["mlflow.sharedViewState.cifarnet"])

@@ -52,6 +52,7 @@ from cifarnet.tracking.tags import (
     TAG_CELL,
     TAG_DATA,
     TAG_GRID,
+    TAG_GROUP,
     TAG_HASH,
     TAG_HEARTBEAT,
     TAG_LAUNCHER,
@@ -151,6 +152,8 @@ def open_grid(spec: AblationSpec, workspace: Workspace, client: Any,
     grid's lock (`launcher_lock`): one launcher makes it."""
     check_experiment_kind(client, spec.name, ABLATION_ROLES)
     experiment_id = get_or_create_experiment(client, workspace, spec.name)
+    if spec.description:  # the experiment's description in MLflow's UI
+        client.set_experiment_tag(experiment_id, TAG_NOTE, spec.description)
     gid = grid_id(spec, fingerprints(data))
     tags = {TAG_ROLE: Role.PARENT, TAG_SPEC: spec.name, TAG_NOTE: spec.description,
             TAG_GRID: gid, TAG_DATA: ",".join(sorted(fingerprints(data))),
@@ -225,6 +228,7 @@ def _new_run(grid: Grid, job: Job, fingerprint: str, launch_id: str) -> str:
     flat = job.config.flatten()
     tags = {MLFLOW_PARENT: grid.parent_run_id, TAG_ROLE: Role.CHILD,
             TAG_SPEC: grid.spec.name, TAG_HASH: job.config_hash, TAG_CELL: job.cell.label,
+            TAG_GROUP: f"{job.cell.label} | {job.config.train.epochs}ep g{grid.grid_id[:6]}",
             TAG_SEED: str(job.seed), TAG_DATA: fingerprint,
             TAG_HEARTBEAT: heartbeat_value(launch_id),
             **({TAG_SEED_ADDED: "true"} if job.added else {})}

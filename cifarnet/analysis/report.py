@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import time
 from pathlib import Path
 
 from rich.markup import escape
@@ -403,6 +404,26 @@ def write_report(a: Analysis, out: Path, formats: tuple[str, ...] = FORMATS) -> 
             f"</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>")
         files.append(out / "report.html")
     return files
+
+
+def log_verdicts(grid: ParentRun, analysis: Analysis) -> None:
+    """Each hypothesis's answer on the grid's parent run, where MLflow's UI shows it: the
+    tag `cifarnet.verdict.<id>` (the verdict) and the metrics `<id>.mean_diff`, `<id>.ci_low`,
+    `<id>.ci_high` (points, nats or epochs, as the report's table) and `<id>.n` (seeds)."""
+    from mlflow.entities import Metric
+
+    from cifarnet.tracking.client import mlflow_client
+    from cifarnet.tracking.tags import TAG_VERDICT
+
+    client = mlflow_client(grid.workspace.tracking_uri)
+    now = int(time.time() * 1000)
+    metrics = []
+    for row in hypotheses_table(analysis).to_dict("records"):
+        client.set_tag(grid.parent_run_id, TAG_VERDICT + row["id"], row["verdict"])
+        metrics += [Metric(f"{row['id']}.{k}", float(row[k]), now, 0)
+                    for k in ("mean_diff", "ci_low", "ci_high", "n") if math.isfinite(row[k])]
+    if metrics:
+        client.log_batch(grid.parent_run_id, metrics=metrics)
 
 
 def log_report(grid: ParentRun, files: list[Path]) -> None:

@@ -349,7 +349,7 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
     summary line, and the exit code (1 when a run failed)."""
     from cifarnet.ablation.adaptive import run_until_decided
     from cifarnet.ablation.execute import Outcome, run_grid
-    from cifarnet.analysis.report import analyze_grid
+    from cifarnet.analysis.report import analyze_grid, log_verdicts
     from cifarnet.cli.progress import DecodeProgress, GridProgress
     from cifarnet.signals import stop_at_once, stop_on_signals
     from cifarnet.data.datasets import preload_data
@@ -379,7 +379,9 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
 
         def analysis_now():  # this command's grid, not the experiment's newest one
             grid = find_parent_run(spec.name, workspace, run_id=total.parent_run_id)
-            return analyze_grid(grid, with_history=False)
+            analysis = analyze_grid(grid, with_history=False)
+            log_verdicts(grid, analysis)  # on the parent run, for MLflow's UI
+            return analysis
 
         try:
             if spec.tune is not None:  # every arm tuned first, then the verdict runs
@@ -655,6 +657,7 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
         FORMATS,
         analyze_grid,
         log_report,
+        log_verdicts,
         verdict_table,
         write_report,
     )
@@ -669,6 +672,7 @@ def report_cmd(target: str, out_dir: str | None, formats: tuple[str, ...],
                       "--out")
     files = write_report(analysis, out, formats or FORMATS)
     log_report(grid, files)
+    log_verdicts(grid, analysis)
     if analysis.spec.hypotheses:
         table_console().print(verdict_table(analysis))
     else:

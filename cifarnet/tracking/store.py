@@ -17,7 +17,7 @@ from cifarnet.model.summary import Summary, format_table, summarize
 from cifarnet.data.keys import CLASS_NAMES_ARTIFACT, class_metric_keys
 from cifarnet.tracking.location import check_location
 from cifarnet.tracking.urls import sqlite_path
-from cifarnet.tracking.tags import TAG_CELL, TAG_PRECISION, TAG_REASON, TAG_ROLE, TAG_STATUS, Role
+from cifarnet.tracking.tags import TAG_GROUP, TAG_PRECISION, TAG_REASON, TAG_ROLE, TAG_STATUS, Role
 from cifarnet.training.callbacks import Callback, RunContext, RunResult
 from cifarnet.training.evaluation import PREDICTIONS
 from cifarnet.training.status import RunStatus
@@ -64,14 +64,14 @@ def store_exists(workspace: Workspace) -> bool:
 
 
 def get_or_create_experiment(client: Any, workspace: Workspace, name: str,
-                             group_by: str | None = TAG_CELL) -> str:
+                             group_by: str | None = TAG_GROUP) -> str:
     """The experiment's id, created if missing (embedded stores keep its artifacts under
     `mlruns/artifacts/<name>`). Raises nothing when another worker creates it first;
     UserError (naming the command that restores it) when it was deleted in MLflow.
 
     The experiment carries the tags of `experiment_tags(group_by)` (model training, so MLflow's
     UI opens it on the runs table; the `cifarnet` shared view, its runs grouped by the tag
-    `group_by`: the cell for a grid, none for a search); an existing experiment that lacks one
+    `group_by`: the cell within its grid and budget for a grid, none for a search); an existing experiment that lacks one
     gets it.
     """
     from mlflow.exceptions import MlflowException
@@ -128,7 +128,7 @@ VIEW_KEY = "cifarnet"
 TAG_SHARED_VIEW = f"mlflow.sharedViewState.{VIEW_KEY}"
 
 
-def shared_view_state(group_by: str | None = TAG_CELL) -> dict[str, Any]:
+def shared_view_state(group_by: str | None = TAG_GROUP) -> dict[str, Any]:
     """The runs table with the dataset, test_acc and val_acc as columns, grouped by the tag
     `group_by` (the mean of each cell over its seeds) when given: the keys of MLflow's UI
     state (`selectedColumns`, `groupBy`) that its "Share" button stores."""
@@ -142,7 +142,7 @@ def shared_view_state(group_by: str | None = TAG_CELL) -> dict[str, Any]:
     return state
 
 
-def experiment_tags(group_by: str | None = TAG_CELL) -> dict[str, str]:
+def experiment_tags(group_by: str | None = TAG_GROUP) -> dict[str, str]:
     """Tags every cifarnet experiment carries: the model-training kind and the shared view."""
     import json
 

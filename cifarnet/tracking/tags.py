@@ -12,6 +12,10 @@ TAG_ROLE = "cifarnet.role"
 TAG_SPEC = "cifarnet.spec"
 TAG_HASH = "cifarnet.config_hash"
 TAG_CELL = "cifarnet.cell"
+# what MLflow's runs table groups a grid's runs by: the cell within its grid and budget
+# ("dilation=2,residual_add=true | 30ep g1a2b3c"), so two grids' runs never share a mean
+TAG_GROUP = "cifarnet.group"
+TAG_VERDICT = "cifarnet.verdict."  # + hypothesis id: its verdict, on the grid's parent run
 TAG_SEED = "cifarnet.seed"
 # "true" on a run whose seed `--until-decided` added beyond the spec's list (the optional
 # stopping that makes its hypothesis read the anytime-valid verdict); absent otherwise
