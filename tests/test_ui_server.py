@@ -73,3 +73,43 @@ def test_a_new_store_leaves_no_library_log_lines(tiny_tree, tmp_path) -> None:
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
     for noise in ("Creating initial MLflow database tables", "alembic", " INFO "):
         assert noise not in out, out
+
+
+@pytest.mark.slow
+def test_a_planted_log_link_is_not_followed_and_a_killed_ui_leaves_no_server(tmp_path) -> None:
+    """`ui` wrote its server log to /tmp/cifarnet-ui-<port>.log and followed a link planted
+    there (the link's target was overwritten); kill -9 of `ui` left the MLflow server
+    listening, so the next `ui` was refused "port in use". Now the log is a new file of an
+    unpredictable name, and the server ends with its command."""
+    import tempfile
+    from pathlib import Path
+
+    port = free_port()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    planted = Path(tempfile.gettempdir()) / f"cifarnet-ui-{port}.log"
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(victim)
+    server = subprocess.Popen([EXE, "ui", "--port", str(port)], cwd=tmp_path, env=_env(),
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        log = None
+        for line in server.stderr:
+            if "the server's log:" in line:
+                log = Path(line.split("the server's log: ", 1)[1].split(";", 1)[0])
+                break
+        assert log is not None and log.is_file() and not log.is_symlink(), log
+        assert log != planted and victim.read_text() == "precious\n"
+        server.kill()  # kill -9 of the command
+        server.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while True:  # the server got SIGTERM from the kernel and lets the port go
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) != 0:
+                    break
+            assert time.monotonic() < deadline, "the MLflow server outlived its command"
+            time.sleep(0.5)
+    finally:
+        planted.unlink(missing_ok=True)
+        if server.poll() is None:
+            server.kill()

@@ -983,13 +983,15 @@ def ui_cmd(port: int) -> None:
     """Start the MLflow UI on 127.0.0.1 against the same store as `run`.
 
     The server runs in its own process group, so a signal to this command (Ctrl-C, SIGTERM,
-    SIGHUP) takes the whole server down with it, quietly."""
+    SIGHUP) takes the whole server down with it, quietly; it also ends when this command is
+    killed (Linux's parent-death signal). Its log is a new file of a name no one can predict
+    (`mkstemp`: a link planted at a fixed name was followed and its target overwritten)."""
     import os
     import subprocess
     import tempfile
-    from pathlib import Path
 
     from cifarnet.cli.logs import quiet_libraries
+    from cifarnet.execute.local import die_with_parent
     from cifarnet.signals import stop_on_signals
     from cifarnet.tracking.store import experiment_links, setup_mlflow
     from cifarnet.tracking.urls import masked
@@ -1004,10 +1006,10 @@ def ui_cmd(port: int) -> None:
     # the store's URI goes by environment, not argv, where `ps` would show its password
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
     # the server's own log (uvicorn's INFO lines, warnings) goes to a file, not the terminal
-    log_path = Path(tempfile.gettempdir()) / f"cifarnet-ui-{port}.log"
-    with stop_on_signals() as request, open(log_path, "w") as log:
+    fd, log_path = tempfile.mkstemp(prefix=f"cifarnet-ui-{port}-", suffix=".log")
+    with stop_on_signals() as request, os.fdopen(fd, "w") as log:
         server = subprocess.Popen(cmd, start_new_session=True, stdout=log,
-                                  stderr=subprocess.STDOUT,
+                                  stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
                                   env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
         ready = False
         try:
