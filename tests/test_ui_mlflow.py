@@ -79,7 +79,10 @@ def grid_store(tmp_path_factory) -> Path:
                      "train": {"epochs": 1, "batch_size": 32, "device": "cpu",
                                "out_dir": str(root / "runs")}},
             "factors": {"model.dilation": [2, 1], "model.residual_add": [True, False]},
-            "seeds": [0]}
+            "seeds": [0],
+            "hypotheses": [{"id": "H", "claim": "add helps", "expect": "a > b", "rope": 0.002,
+                            "a": {"model.dilation": 2, "model.residual_add": True},
+                            "b": {"model.dilation": 2, "model.residual_add": False}}]}
     (root / "tiny_ui.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "CIFARNET_CACHE": str(root / "cache")}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -195,6 +198,47 @@ def test_the_experiment_page_lists_the_runs_by_name(grid_store, tmp_path) -> Non
         if out := os.environ.get("CIFARNET_SCREENSHOTS"):
             for s in shots:
                 shutil.copy(s, Path(out) / s.name)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_parent_run_page_shows_the_verdict(grid_store, tmp_path) -> None:
+    """The grid's answer is in MLflow's UI, not only in a report file: the parent run's page
+    shows the hypothesis's verdict tag and its difference and seed count as metrics."""
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    client = _client(grid_store)
+    exp_id = client.get_experiment_by_name("tiny_ui").experiment_id
+    parent = client.search_runs([exp_id], "tags.`cifarnet.role` = 'parent'")[0]
+    assert parent.data.tags["cifarnet.verdict.H"] in {"supported", "refuted", "inconclusive",
+                                                      "no verdict"}
+    assert parent.data.metrics["H.n"] == 1
+    port = free_port()
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen([EXE, "ui", "--port", str(port)], cwd=grid_store, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "the MLflow UI did not start in 120 s"
+                time.sleep(1)
+        url = (f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs/{parent.info.run_id}"
+               "?workflowType=machine_learning")
+        dom = _chromium(browser, tmp_path / "p", url, "--dump-dom").stdout
+        assert "cifarnet.verdict.H" in dom, "the verdict tag is not on the parent's page"
+        assert "H.mean_diff" in dom and "H.n" in dom, "the verdict's metrics are not shown"
+        assert "a tiny grid for the UI" in dom  # the spec's description, the parent's note
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
