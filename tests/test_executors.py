@@ -149,3 +149,27 @@ def test_a_postgres_grid_of_60_runs_survives_5_kills_at_random_moments(tiny_tree
     assert len(kids) == 60, len(kids)  # one run per job, kept across attempts
     assert set(kids["status"]) == {"FINISHED"}
     assert kids["tags.cifarnet.config_hash"].is_unique
+
+
+def test_a_job_whose_identity_differs_on_its_worker_is_refused_not_trained(tiny_tree,
+                                                                         tmp_path) -> None:
+    """The launcher computes a job's config hash on its machine (`train.precision: auto`
+    resolves there); a worker that computes another one (its CPU resolves auto otherwise)
+    refuses the job instead of training a run under an identity it does not have."""
+    from dataclasses import replace
+
+    from helpers import tiny_config
+
+    from cifarnet.ablation.jobs import JobRequest, JobStatus, run_job
+    from cifarnet.workspace import Workspace
+
+    cfg = tiny_config(tiny_tree, tmp_path)
+    workspace = Workspace.resolve(tmp_path, {})
+    req = JobRequest(workspace, "0", "no-such-run", "launch", cfg.to_dict(), cfg.hash(),
+                     "fingerprint", "cell seed=0")
+    other = replace(req, config_hash="0" * 64)  # what the launcher's machine computed
+    result = run_job(other)
+    assert result.status is JobStatus.REFUSED
+    assert f"config hash {cfg.hash()} on this worker, {'0' * 64} at the launcher" in (
+        result.reason)
+    assert not (tmp_path / "mlruns").exists()  # refused before the store is opened

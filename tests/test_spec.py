@@ -336,3 +336,17 @@ def test_bare_names_find_the_shipped_specs(monkeypatch) -> None:
     assert msg.startswith("dilation_ad: no such spec file") and "dilation_add" in msg
     with pytest.raises(SpecError, match="^lr_aug: no such spec file"):
         load_spec("lr_aug")  # a search is not an ablation
+
+
+def test_storage_is_accepted_by_run_with_a_note_where_it_has_no_effect(tiny_tree, tmp_path,
+                                                                      monkeypatch) -> None:
+    """A grid without a `tune:` block opens no Optuna storage: `--storage` is still accepted
+    (scripts pass it) and said to have no effect, in one line; nothing is made there."""
+    monkeypatch.chdir(tmp_path)
+    spec = _write(tmp_path, GOOD)
+    r = CliRunner().invoke(main, ["run", str(spec), "--dry-run", "--set",
+                                  f"data.path={tiny_tree}", "--storage",
+                                  f"sqlite:///{tmp_path}/o.db"])
+    assert r.exit_code == 0, r.output
+    assert r.stderr == "note: --storage has no effect on a grid without a tune: block\n"
+    assert not (tmp_path / "o.db").exists()
