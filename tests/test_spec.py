@@ -350,3 +350,14 @@ def test_storage_is_accepted_by_run_with_a_note_where_it_has_no_effect(tiny_tree
     assert r.exit_code == 0, r.output
     assert r.stderr == "note: --storage has no effect on a grid without a tune: block\n"
     assert not (tmp_path / "o.db").exists()
+
+
+def test_a_tab_indented_spec_names_its_line_column_and_cause(tmp_path, monkeypatch) -> None:
+    """A tab-indented spec said `not valid YAML (while scanning for the next token)`, with
+    neither its place nor its cause."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tab.yaml").write_text("name: x\nfactors:\n\tmodel.dilation: [1, 2]\n")
+    r = CliRunner().invoke(main, ["run", "tab.yaml"])
+    assert r.exit_code == 2
+    assert r.stderr == ("error: tab.yaml: not valid YAML (line 3, column 1: found character "
+                        "'\\t' that cannot start any token; indent with spaces, not tabs)\n")

@@ -223,3 +223,22 @@ def test_read_only_commands_create_no_store_at_a_sqlite_uri(tmp_path, monkeypatc
     assert r.exit_code == 2, r.output
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_damaged_spec_artifact_is_one_line_naming_the_run(tiny_tree, tmp_path,
+                                                            monkeypatch) -> None:
+    """A parent's spec.yaml damaged in the store (`name: [unclosed`): `report` ended in a
+    yaml.parser.ParserError traceback."""
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, tiny_tree, seeds=[0])
+    assert _run(spec).exit_code == 0
+    df = runs_df(tmp_path)
+    parent = df[df["tags.cifarnet.role"] == "parent"]["run_id"].item()
+    artifact = next((tmp_path / "mlruns" / "artifacts").rglob(f"{parent}/artifacts/spec.yaml"))
+    artifact.write_text("name: [unclosed\n")
+    r = CliRunner().invoke(main, ["report", "tiny", "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 2, r.output
+    assert r.output == (f"error: run {parent}: its artifact spec.yaml is not valid YAML (line "
+                        "2, column 1: expected ',' or ']', but got '<stream end>'); the store "
+                        "was damaged\n")

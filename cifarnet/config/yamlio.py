@@ -165,7 +165,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except YamlError as exc:
         raise type(exc)(f"{exc} [in {path}]") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
     if data is None:
@@ -173,3 +173,14 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(exc: Exception) -> str:
+    """PyYAML's error as one line with its line, column and cause ("line 3, column 1: found
+    character '\\t' that cannot start any token"); its first line alone ("while scanning for the
+    next token") named neither."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    hint = "; indent with spaces, not tabs" if "\\t" in problem else ""
+    return f"{where}{problem}{hint}"

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
+import yaml
 
 from cifarnet.spec.ablation import AblationSpec, parse_spec
 from cifarnet.spec.common import resolve_spec_path
-from cifarnet.config.yamlio import safe_load
+from cifarnet.config.yamlio import safe_load, yaml_problem
 from cifarnet.errors import UserError
 from cifarnet.tracking.retry import retry_setup
 from cifarnet.tracking.store import setup_mlflow, store_exists
@@ -123,10 +124,14 @@ def find_parent_run(spec_or_experiment: str, workspace: Workspace | None = None,
     if not parents:
         raise UserError(f"{name}: the experiment has no parent run {run_id}")
     parent = parents[0]
-    raw = safe_load(retry_setup(  # MLflow's fluent API: not our retrying client
+    raw = read_artifact_yaml(parent.info.run_id, "spec.yaml", lambda: retry_setup(
         lambda: mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/spec.yaml")))
     fps = frozenset(filter(None, parent.data.tags.get(TAG_DATA, "").split(",")))
-    spec = parse_spec(raw)
+    try:
+        spec = parse_spec(raw)
+    except UserError as exc:
+        raise UserError(f"{name}: parent run {parent.info.run_id}: its spec.yaml artifact: "
+                        f"{exc}") from None
     if spec.tune is not None:  # the arms' tuned values, once tuning is complete
         spec = spec.with_tuned(tuned_values(client, parent.info.run_id))
     return ParentRun(spec, name, exp.experiment_id, parent.info.run_id, workspace,
@@ -211,7 +216,18 @@ def tuned_values(client: Any, parent_run_id: str) -> dict[str, dict[str, Any]]:
         return {}
     with tempfile.TemporaryDirectory(prefix="cifarnet-tuned-") as tmp:
         path = client.download_artifacts(parent_run_id, TUNED_ARTIFACT, tmp)
-        return safe_load(Path(path).read_text()) or {}
+        return read_artifact_yaml(parent_run_id, TUNED_ARTIFACT,
+                                  lambda: Path(path).read_text()) or {}
+
+
+def read_artifact_yaml(run_id: str, name: str, read: Callable[[], str]) -> Any:
+    """A YAML artifact of a run, parsed; a damaged one (edited by hand, cut by a full disk)
+    is a UserError naming the run and the artifact, not a parser traceback."""
+    try:
+        return safe_load(read())
+    except yaml.YAMLError as exc:
+        raise UserError(f"run {run_id}: its artifact {name} is not valid YAML "
+                        f"({yaml_problem(exc)}); the store was damaged") from None
 
 
 def tuning_progress(client: Any, experiment: str, grid: str) -> tuple[dict[str, int],
