@@ -52,6 +52,28 @@ def select_device(name: str) -> "torch.device":
     return torch.device("cpu")
 
 
+def check_device_present(name: str) -> None:
+    """Refuse (ConfigError naming `train.device`) a device this machine does not have: a
+    CUDA, XPU or MPS device with no such device here (a run would fail at its first step,
+    after the stores were written). `auto` and `cpu` are always here."""
+    import torch
+
+    device = select_device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    elif device.type == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        count = xpu.device_count() if xpu is not None and xpu.is_available() else 0
+    elif device.type == "mps":
+        count = int(torch.backends.mps.is_available())
+    else:
+        return
+    if count == 0 or (device.index is not None and device.index >= count):
+        raise ConfigError(f"train.device: {name} is not on this machine ({count} {device.type} "
+                          "device(s) here); use cpu or auto here, or --executor ray/slurm to "
+                          "run on machines that have it")
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""

@@ -393,3 +393,30 @@ def test_no_command_prints_the_help(here) -> None:
     r = CliRunner().invoke(main, [])
     assert r.exit_code == 0 and r.output.startswith("Usage: ") and "run" in r.output
     assert not (here / "mlruns").exists()
+
+
+@pytest.mark.parametrize("args", [["run", "dilation_add"], ["run", "dilation_add", "--dry-run"],
+                                  ["train"]])
+def test_a_device_this_machine_lacks_is_refused_when_parsed(here, args) -> None:
+    """`--set train.device=cuda` on a machine without a GPU: a traceback from the prediction
+    probe (exit 1), after mlruns/ was written and a parent run was left RUNNING for good."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    tree = make_tree(here / "data", per_class_train=2, per_class_test=1)
+    refused(here, [*args, "--set", "train.device=cuda", "--set", f"data.path={tree}"],
+            "train.device: cuda is not on this machine (0 cuda device(s) here)")
+
+
+@pytest.mark.parametrize(("key", "value", "starts"), [
+    ("train.batch_size", "9" * 30, "--set train.batch_size: must be between -(2**63 - 1)"),
+    ("train.batch_size", "2000000", "--set train.batch_size: must be <= 1000000"),
+    ("data.path", "x" * 100_000, "--set data.path: at most 4,096 characters, got 100,000"),
+    ("train.epochs", "1000000", "--set train.epochs: must be <= 100000"),
+])
+def test_an_absurd_value_is_refused_where_it_is_parsed(here, key, value, starts) -> None:
+    """`train.batch_size=10**30` trained, then crashed in bn.py (`Overflow when unpacking
+    long long`); a 100,000-character data.path gave an OSError traceback with 100 KB of
+    stderr. Every integer fits an int64 and every text value a path (PATH_MAX)."""
+    refused(here, ["run", "dilation_add", "--set", f"{key}={value}"], starts)

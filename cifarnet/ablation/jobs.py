@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 from cifarnet.config.schema import build_config
 from cifarnet.data.datasets import Dataset, load_data
+from cifarnet.errors import ConfigError
+from cifarnet.hardware import check_device_present
 from cifarnet.tracking.checkpoints import CheckpointArtifact, fetch_checkpoint
 from cifarnet.tracking.reuse import copy_run, find_source
 from cifarnet.tracking.runs import adopted_run
@@ -123,6 +125,10 @@ def run_job(req: JobRequest, data: Dataset | None = None,
         return JobResult(JobStatus.REFUSED, req.label,
                          f"config hash {cfg.hash()} on this worker, {req.config_hash} at the "
                          "launcher (train.precision auto or a device resolves differently)")
+    try:  # a node without the run's device (the launcher checked resources, not nodes)
+        check_device_present(cfg.train.device)
+    except ConfigError as exc:
+        return JobResult(JobStatus.REFUSED, req.label, str(exc))
     client = setup_mlflow(req.workspace)
     run = client.get_run(req.run_id)
     if run.info.status == "FINISHED":

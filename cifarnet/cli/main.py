@@ -208,6 +208,9 @@ def train_cmd(config_file: str | None, assignments: tuple[str, ...], data_path: 
     cfg = load_config(config_file, assignments)
     if data_path is not None:
         cfg = cfg.replace({"data.path": data_path})
+    from cifarnet.hardware import check_device_present
+
+    check_device_present(cfg.train.device)  # before any folder is made
     console = Console(stderr=True)
     folder, folder_key = ((Path(run_dir), "--run-dir") if run_dir is not None
                           else (default_run_dir(cfg), "train.out_dir"))
@@ -308,7 +311,14 @@ def _launch_options(spec: Any, workspace: Any, given: dict[str, Any], heartbeat:
     kind = ExecutorKind(given["executor"])
     if kind is not ExecutorKind.RAY and given["ray_address"]:
         raise UserError("--ray-address: read only with --executor ray")
-    gpus = _cuda_devices(spec)
+    device = spec.base_config().train.device
+    if kind is ExecutorKind.LOCAL:  # a device this machine lacks: refused before any write
+        from cifarnet.hardware import check_device_present
+
+        check_device_present(device)
+        gpus = _cuda_devices(spec)
+    else:  # each run asks its node for a GPU (a CPU login node may submit GPU jobs)
+        gpus = int(device.startswith("cuda"))
     return LaunchOptions(ExecutorOptions(
         kind=kind, workers=given["workers"], runs_per_gpu=given["runs_per_gpu"], gpus=gpus,
         ray_address=given["ray_address"], slurm_cluster=given["slurm_cluster"],

@@ -26,6 +26,8 @@ from cifarnet.errors import ConfigError, clip, shown
 from cifarnet.hardware import Precision  # noqa: F401 (a config type; the hardware resolves it)
 
 MAX_SEED = 2**63 - 1  # seeds are logged and analysed as int64 (pandas, numpy)
+MAX_IMAGES = 100_000_000  # a subset or split size: far past any data set this trains on
+MAX_TEXT = 4096  # a text value (a path): Linux's PATH_MAX; longer ones are no file name
 DEVICE_RE = re.compile(r"auto|cpu|mps|(?:cuda|xpu)(?::[0-9]{1,3})?")
 
 
@@ -76,9 +78,12 @@ class DataConfig:
                             hashed=False)
     cache_dir: str | None = _opt(None, "decoded-array cache (default ~/.cache/cifarnet)",
                                  hashed=False)
-    train_subset: int | None = _opt(None, "class-stratified training subset size", min=10)
-    test_subset: int | None = _opt(None, "class-stratified test subset size", min=10)
-    val_size: int = _opt(0, "class-stratified validation images carved from training", min=0)
+    train_subset: int | None = _opt(None, "class-stratified training subset size", min=10,
+                                    max=MAX_IMAGES)
+    test_subset: int | None = _opt(None, "class-stratified test subset size", min=10,
+                                   max=MAX_IMAGES)
+    val_size: int = _opt(0, "class-stratified validation images carved from training", min=0,
+                         max=MAX_IMAGES)
     split_seed: int = _opt(0, "seed of the subsets and the validation split", min=0,
                            max=MAX_SEED)
     augment_strength: float = _opt(1.0, "scales shift, scale, rotation limits and hole side",
@@ -97,15 +102,16 @@ class DataConfig:
         hashed_when_set=True)
     backend: Literal["torch", "albumentations"] = _opt(
         "torch", "augmentation backend: batched tensor ops, or albumentations per image")
-    num_workers: int = _opt(2, "DataLoader workers (albumentations backend)", min=0, hashed=False)
+    num_workers: int = _opt(2, "DataLoader workers (albumentations backend)", min=0, max=1024,
+                            hashed=False)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimisation recipe and the execution settings of one run."""
 
-    epochs: int = _opt(30, "training epochs", min=1)
-    batch_size: int = _opt(256, "batch size", min=1)
+    epochs: int = _opt(30, "training epochs", min=1, max=100_000)
+    batch_size: int = _opt(256, "batch size", min=1, max=1_000_000)
     optimizer: Literal["sgd", "adam", "adamw"] = _opt("sgd", "sgd is Nesterov SGD")
     lr: float = _opt(0.2, "peak learning rate", gt=0.0, max=100.0)
     momentum: float = _opt(0.9, "SGD momentum / Adam beta1", min=0.0, max=0.999)
@@ -113,7 +119,7 @@ class TrainConfig:
     schedule: Literal["onecycle", "cosine", "step", "constant"] = _opt("onecycle", "lr schedule")
     warmup_frac: float = _opt(0.25, "onecycle: fraction of steps rising to the peak", gt=0.0,
                               max=0.9)
-    step_epochs: int = _opt(10, "step: epochs between decays", min=1)
+    step_epochs: int = _opt(10, "step: epochs between decays", min=1, max=100_000)
     step_gamma: float = _opt(0.1, "step: decay factor", gt=0.0, max=1.0)
     label_smoothing: float = _opt(0.1, "label smoothing", min=0.0, max=0.5)
     seed: int = _opt(0, "run seed: init, data order and augmentation streams derive from it",
@@ -121,7 +127,7 @@ class TrainConfig:
     bn_recal_batches: int = _opt(
         16, "BatchNorm running statistics recomputed before every evaluation on this many "
         "unaugmented training batches (update_bn / precise BN, see cifarnet.training.bn); "
-        "0 = off", min=0)
+        "0 = off", min=0, max=100_000)
     device: str = _opt("auto", "auto (cuda, mps, cpu), or cpu, mps, cuda, cuda:N, xpu, xpu:N",
                        hashed=False)
     precision: Precision = _opt(
@@ -395,6 +401,9 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
+        if abs(value) > MAX_SEED:  # every integer is logged and analysed as an int64
+            raise ConfigError(f"{key}: must be between -(2**63 - 1) and 2**63 - 1, got "
+                              f"{shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -408,6 +417,8 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ConfigError(f"{key}: expected a non-empty string without line breaks or "
                               f"control characters, got {shown(value)}")
+        if len(value) > MAX_TEXT:
+            raise ConfigError(f"{key}: at most {MAX_TEXT:,} characters, got {len(value):,}")
         return value
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
