@@ -44,3 +44,34 @@ def one_line(message: str, limit: int = 400) -> str:
 class StoreError(UserError):
     """A tracking store or Optuna storage that cannot be opened, or whose lock is
     held too long; the message carries the store's URL with its password masked."""
+
+
+class DiskFull(UserError):
+    """A write met a full disk (ENOSPC) or the file-size limit (EFBIG, `ulimit -f`): the
+    command stops, the run in progress is left to resume, and nothing counts as a failure."""
+
+    @classmethod
+    def from_error(cls, exc: BaseException, where: str) -> "DiskFull | None":
+        """The DiskFull that `exc` (raised while writing under `where`) means, or None. torch
+        reports a full disk in `torch.save` as a RuntimeError ("unexpected pos")."""
+        import errno
+        import shutil
+
+        text = str(exc)
+        full = (getattr(exc, "errno", None) in (errno.ENOSPC, errno.EFBIG)
+                or "No space left on device" in text or "database or disk is full" in text
+                or "File too large" in text)
+        if not full and "unexpected pos" in text:
+            try:
+                full = shutil.disk_usage(where).free < 64 * 2**20
+            except OSError:
+                full = False
+        if not full:
+            return None
+        try:
+            free = f"{shutil.disk_usage(where).free / 2**20:,.0f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return cls(f"{where}: the disk is full or a file-size limit was reached ({free}; a run "
+                   "needs about 10 MB: its checkpoint and MLflow's copy of it); free space, "
+                   "then rerun: the run in progress resumes from its last epoch")

@@ -266,6 +266,8 @@ def launch(grid: Grid, requests: list[JobRequest], executor: Executor, *,
         again = []
         for done in executor.map_unordered(fn, pending):
             req = pending[done.index]
+            if isinstance(done.error, UserError):  # a full disk, a store refused: stop
+                raise done.error
             if done.error is not None:  # the worker died, or the job could not start
                 tries[req.run_id] += 1
                 if tries[req.run_id] > max_retries:
@@ -340,8 +342,8 @@ def run_grid(spec: AblationSpec, workspace: Workspace, options: LaunchOptions, *
                 out = launch(grid, requests, executor, listener=listener, stop=stop,
                              in_process=options.executor.in_process,
                              max_retries=options.executor.max_retries)
-        except KeyboardInterrupt:
-            client.set_terminated(grid.parent_run_id, "KILLED")  # a rerun reopens it
+        except (KeyboardInterrupt, UserError):  # a stop, a full disk: a rerun reopens it
+            client.set_terminated(grid.parent_run_id, "KILLED")
             raise
         out.already_done += done
         client.set_terminated(grid.parent_run_id, "FAILED" if out.failed else "FINISHED")

@@ -24,13 +24,13 @@ from typing import Any, Sequence
 
 from cifarnet.config.schema import build_config
 from cifarnet.data.datasets import Dataset, load_data
-from cifarnet.errors import ConfigError
+from cifarnet.errors import ConfigError, DiskFull
 from cifarnet.hardware import check_device_present
 from cifarnet.tracking.checkpoints import CheckpointArtifact, fetch_checkpoint
 from cifarnet.tracking.reuse import copy_run, find_source
 from cifarnet.tracking.runs import adopted_run
 from cifarnet.tracking.store import MlflowRunCallback, setup_mlflow
-from cifarnet.tracking.tags import TAG_HEARTBEAT, TAG_RESUMED_FROM
+from cifarnet.tracking.tags import TAG_HEARTBEAT, TAG_RESUMED_FROM, TAG_STATUS
 from cifarnet.training.callbacks import Callback
 from cifarnet.training.checkpoint import OnBadCheckpoint
 from cifarnet.training.loop import default_run_dir, train
@@ -153,6 +153,15 @@ def run_job(req: JobRequest, data: Dataset | None = None,
         return _train(client, req, cfg, data, callbacks)
 
 
+def _mark_interrupted(client: Any, run_id: str) -> None:
+    """End the run KILLED (resumable, not a failure); best effort, the store may be full."""
+    try:
+        client.set_tag(run_id, TAG_STATUS, RunStatus.KILLED)
+        client.set_terminated(run_id, "KILLED")
+    except Exception:
+        pass
+
+
 def _copy(client: Any, req: JobRequest, source: Any) -> JobResult:
     with adopted_run(client, req.run_id) as run:
         copy_run(client, source, req.run_id)
@@ -181,6 +190,10 @@ def _train(client: Any, req: JobRequest, cfg: Any, data: Dataset,
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a crash: recorded on the run (FAILED), and the grid goes on
+        full = DiskFull.from_error(exc, str(run_dir))
+        if full is not None:  # not the run's fault: the command stops, the run resumes
+            _mark_interrupted(client, req.run_id)
+            raise full from None
         return JobResult(JobStatus.FAILED, req.label,
                          f"crashed: {type(exc).__name__}: {exc}"[:200])
     if result.status != RunStatus.FINISHED:

@@ -57,8 +57,13 @@ class OneLineErrors(click.Group):
     blank line, the error)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        import signal
+
         from cifarnet.signals import Stopped, stop_while_starting
 
+        # past `ulimit -f` a write fails with EFBIG (one line, DiskFull) instead of SIGXFSZ
+        # killing the process mid-write
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         kwargs.pop("standalone_mode", None)
         # until a command installs its own signal policy, a signal stops the command where
         # it is with one line and 128 + its number (click's "Aborted!" and exit 1 for

@@ -14,10 +14,11 @@ server over HTTP, which initialises its own database) need no lock.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from cifarnet.errors import StoreError
 from cifarnet.tracking.urls import (
@@ -256,14 +257,28 @@ def _first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0][:200]
 
 
+def _made_aside(path: Path, migrate: Callable[[str], None]) -> None:
+    """Make the SQLite store `path` as `<path>.new-<pid>`, migrate it, rename it into place;
+    the temporary file goes whatever happens."""
+    tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
+    try:
+        migrate(f"sqlite:///{tmp}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def init_tracking_store(uri: str) -> None:
     """Create or migrate the MLflow tracking store at `uri` once, under its start-up lock.
 
     The first use of a database store makes MLflow create its tables, run its migrations and
     add the Default experiment (`SqlAlchemyStore.__init__`); here that first use is a
     `MlflowClient(uri).search_experiments(max_results=1)` inside `store_lock(uri, "mlflow")`.
-    A store that is not a database (an HTTP server) is left alone. Raises StoreError when the
-    store cannot be opened (its URL masked)."""
+    A new SQLite store is made as a temporary file beside its place and renamed into place
+    once MLflow has migrated it: a start cut off (a full disk, `ulimit -f`) leaves no
+    half-migrated store that every later start would fail on. A store that is not a database
+    (an HTTP server) is left alone. Raises StoreError when the store cannot be opened (its
+    URL masked)."""
     from cifarnet.tracking.retry import retry_startup
 
     if uri.startswith(("http://", "https://")):
@@ -273,9 +288,16 @@ def init_tracking_store(uri: str) -> None:
         return
     from mlflow import MlflowClient
 
+    def migrate(url: str) -> None:
+        retry_startup(lambda: MlflowClient(url).search_experiments(max_results=1))
+
+    path = sqlite_path(uri)
     try:
         with store_lock(uri, "mlflow"):
-            retry_startup(lambda: MlflowClient(uri).search_experiments(max_results=1))
+            if path is not None and not path.exists():
+                _made_aside(path, migrate)
+            else:
+                migrate(uri)
     except StoreError as exc:
         raise StoreError(f"MLflow tracking store {exc}") from None
     except Exception as exc:

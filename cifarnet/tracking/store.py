@@ -195,7 +195,11 @@ class MlflowRunCallback(Callback):
         params = {**cfg.flatten(), **summary_params(s), "data.label": ctx.data_label,
                   "data.num_train": ctx.num_train, "data.num_val": ctx.num_val,
                   "data.num_test": ctx.num_test, "device": ctx.device, "precision": ctx.precision}
-        client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        # a job resumed in its own run keeps the params its first attempt logged: MLflow
+        # refuses a changed value, and what may change (a folder, the device) is no result
+        logged = client.get_run(self.run_id).data.params
+        client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()
+                                              if k not in logged])
         client.set_tag(self.run_id, TAG_PRECISION, ctx.precision)  # a column in the UI
         client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
         client.log_text(self.run_id, format_table(s) + "\n", "summary.txt")
