@@ -156,14 +156,10 @@ def _chromium(browser: str, profile: Path, url: str, *extra: str) -> subprocess.
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 
-@pytest.mark.slow
-@pytest.mark.browser
-def test_the_experiment_page_lists_the_runs_by_name(grid_store, tmp_path) -> None:
-    """`cifarnet-exp ui` serves the store; headless Chromium opens the address it prints and
-    finds the runs table: the four short names, the dataset, grouped by cell. Screenshots go
-    to tmp_path (and to $CIFARNET_SCREENSHOTS when set, for docs/)."""
-    browser = _browser()
-    if browser is None:
+@pytest.fixture(scope="module")
+def ui_port(grid_store):
+    """`cifarnet-exp ui` serving the grid's store, once it answers; stopped after the module."""
+    if _browser() is None:
         pytest.skip("no chromium installed (apt-get install chromium)")
     port = free_port()
     env = {**os.environ}
@@ -181,23 +177,7 @@ def test_the_experiment_page_lists_the_runs_by_name(grid_store, tmp_path) -> Non
                 assert server.poll() is None, server.stdout.read()
                 assert time.monotonic() < deadline, "the MLflow UI did not start in 120 s"
                 time.sleep(1)
-        exp_id = _client(grid_store).get_experiment_by_name("tiny_ui").experiment_id
-        url = (f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
-               "?workflowType=machine_learning&viewStateShareKey=cifarnet")
-        dom = _chromium(browser, tmp_path / "p1", url, "--dump-dom").stdout
-        for name in NAMES:
-            assert name in dom, f"{name} not on the page"
-        assert MIRROR in dom, "the Dataset column is empty"
-        assert "Group: dilation=" in dom, "runs are not grouped by cell"
-        assert "test_acc" in dom
-        shots = [tmp_path / "mlflow_runs.png", tmp_path / "mlflow_plain.png"]
-        _chromium(browser, tmp_path / "p2", url, f"--screenshot={shots[0]}")
-        _chromium(browser, tmp_path / "p3", f"http://127.0.0.1:{port}/#/experiments/{exp_id}",
-                  f"--screenshot={shots[1]}")
-        assert shots[0].stat().st_size > 10_000
-        if out := os.environ.get("CIFARNET_SCREENSHOTS"):
-            for s in shots:
-                shutil.copy(s, Path(out) / s.name)
+        yield port
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -205,7 +185,35 @@ def test_the_experiment_page_lists_the_runs_by_name(grid_store, tmp_path) -> Non
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_the_parent_run_page_shows_the_verdict(grid_store, tmp_path) -> None:
+def test_the_experiment_page_lists_the_runs_by_name(grid_store, ui_port, tmp_path) -> None:
+    """`cifarnet-exp ui` serves the store; headless Chromium opens the address it prints and
+    finds the runs table: the four short names, the dataset, grouped by cell. Screenshots go
+    to tmp_path (and to $CIFARNET_SCREENSHOTS when set, for docs/)."""
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    exp_id = _client(grid_store).get_experiment_by_name("tiny_ui").experiment_id
+    url = (f"http://127.0.0.1:{ui_port}/#/experiments/{exp_id}/runs"
+           "?workflowType=machine_learning&viewStateShareKey=cifarnet")
+    dom = _chromium(browser, tmp_path / "p1", url, "--dump-dom").stdout
+    for name in NAMES:
+        assert name in dom, f"{name} not on the page"
+    assert MIRROR in dom, "the Dataset column is empty"
+    assert "Group: dilation=" in dom, "runs are not grouped by cell"
+    assert "test_acc" in dom
+    shots = [tmp_path / "mlflow_runs.png", tmp_path / "mlflow_plain.png"]
+    _chromium(browser, tmp_path / "p2", url, f"--screenshot={shots[0]}")
+    _chromium(browser, tmp_path / "p3", f"http://127.0.0.1:{ui_port}/#/experiments/{exp_id}",
+              f"--screenshot={shots[1]}")
+    assert shots[0].stat().st_size > 10_000
+    if out := os.environ.get("CIFARNET_SCREENSHOTS"):
+        for s in shots:
+            shutil.copy(s, Path(out) / s.name)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_parent_run_page_shows_the_verdict(grid_store, ui_port, tmp_path) -> None:
     """The grid's answer is in MLflow's UI, not only in a report file: the parent run's page
     shows the hypothesis's verdict tag and its difference and seed count as metrics."""
     browser = _browser()
@@ -217,28 +225,9 @@ def test_the_parent_run_page_shows_the_verdict(grid_store, tmp_path) -> None:
     assert parent.data.tags["cifarnet.verdict.H"] in {"supported", "refuted", "inconclusive",
                                                       "no verdict"}
     assert parent.data.metrics["H.n"] == 1
-    port = free_port()
-    env = {**os.environ}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    server = subprocess.Popen([EXE, "ui", "--port", str(port)], cwd=grid_store, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "the MLflow UI did not start in 120 s"
-                time.sleep(1)
-        url = (f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs/{parent.info.run_id}"
-               "?workflowType=machine_learning")
-        dom = _chromium(browser, tmp_path / "p", url, "--dump-dom").stdout
-        assert "cifarnet.verdict.H" in dom, "the verdict tag is not on the parent's page"
-        assert "H.mean_diff" in dom and "H.n" in dom, "the verdict's metrics are not shown"
-        assert "a tiny grid for the UI" in dom  # the spec's description, the parent's note
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    url = (f"http://127.0.0.1:{ui_port}/#/experiments/{exp_id}/runs/{parent.info.run_id}"
+           "?workflowType=machine_learning")
+    dom = _chromium(browser, tmp_path / "p", url, "--dump-dom").stdout
+    assert "cifarnet.verdict.H" in dom, "the verdict tag is not on the parent's page"
+    assert "H.mean_diff" in dom and "H.n" in dom, "the verdict's metrics are not shown"
+    assert "a tiny grid for the UI" in dom  # the spec's description, the parent's note
