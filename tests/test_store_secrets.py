@@ -98,12 +98,11 @@ def test_search_and_search_report_never_show_the_password(tiny_tree, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["run", "search", "search-report"])
+@pytest.mark.parametrize("command", ["search", "search-report"])
 def test_a_storage_that_cannot_be_opened_is_named_without_its_password(
         command, tiny_tree, tmp_path) -> None:
     bad = f"postgresql://cifarnet:{SECRET}@127.0.0.1:1/queue"
-    target = {"run": lambda: str(write_spec(tmp_path, tiny_tree)),
-              "search": lambda: str(write(tmp_path, search_spec(tiny_tree, tmp_path))),
+    target = {"search": lambda: str(write(tmp_path, search_spec(tiny_tree, tmp_path))),
               "search-report": lambda: "tiny_search"}[command]()
     r = run(tmp_path, command, target, "--storage", bad)
     assert r.returncode == 2, r.stderr

@@ -111,13 +111,10 @@ def test_workers_start_together_on_fresh_postgres_stores(tmp_path, pg_database) 
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
-def test_three_run_workers_on_a_fresh_mlflow_store_and_postgres_queue(
-        tiny_tree, tmp_path, pg_database) -> None:
-    """Three `run`s of one grid started at the same moment on a fresh SQLite MLflow store
-    (with a PostgreSQL storage they ignore), five times: the store is made once, one launcher
-    runs the grid, the others are refused in one line (exit 2) or find it done (exit 0);
-    each job runs once."""
+def test_three_launchers_of_one_grid_on_a_fresh_mlflow_store(tiny_tree, tmp_path) -> None:
+    """Three `run`s of one grid started at the same moment on a fresh SQLite MLflow store,
+    five times: the store is made once, one launcher runs the grid, the others are refused
+    in one line (exit 2) or find it done (exit 0); each job runs once."""
     spec_folder = tmp_path / "spec"
     spec_folder.mkdir()
     spec = write_spec(spec_folder, tiny_tree, factors={"model.residual_add": [True]},
@@ -126,8 +123,7 @@ def test_three_run_workers_on_a_fresh_mlflow_store_and_postgres_queue(
     for r in range(ROUNDS):
         folder = tmp_path / f"round{r}"
         folder.mkdir()
-        queue = pg_database(f"q{r}")
-        workers = [subprocess.Popen([EXE, "run", str(spec), "--storage", queue],
+        workers = [subprocess.Popen([EXE, "run", str(spec)],
                                     cwd=folder, env=clean_env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
                    for _ in range(WORKERS)]

@@ -116,8 +116,11 @@ def _advisory_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
             try:
                 yield
             finally:
-                conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-                conn.commit()
+                try:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    conn.commit()
+                except Exception:  # the server dropped the session: the lock went with it
+                    pass
     finally:
         engine.dispose()
 
