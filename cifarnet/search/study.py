@@ -31,13 +31,14 @@ from optuna.trial import FrozenTrial, TrialState
 from cifarnet.spec.common import SpecError
 from cifarnet.config.schema import RunConfig
 from cifarnet.data.datasets import Dataset, load_data
-from cifarnet.errors import UserError
+from cifarnet.errors import StoreError, UserError
 from cifarnet.model.cifarnet import CifarNet, count_params
 from cifarnet.model.summary import summarize
 from cifarnet.spec.search import SearchSpec
 from cifarnet.search.storage import open_storage, retry_callback
 from cifarnet.tracking.checkpoints import CheckpointArtifact, fetch_checkpoint
-from cifarnet.tracking.retry import PAUSE_S, is_transient, retry_setup
+from cifarnet.tracking import retry
+from cifarnet.tracking.retry import is_transient, retry_setup
 from cifarnet.tracking.reuse import copy_run, find_trial_source
 from cifarnet.tracking.runs import all_runs, fail_stale_run, tracked_run
 from cifarnet.tracking.startup import check_tracking_store
@@ -69,6 +70,7 @@ from cifarnet.workspace import Workspace
 _log = logging.getLogger(__name__)
 FINAL_ATTR = "final_test_run"
 SPEC_ATTR = "spec_identity"
+MAX_CUT_OFFS = 12  # transient errors in a row, pauses doubling to 30 s: about 5 minutes
 MLFLOW_RUN = "mlflow_run_id"  # trial user attr: its MLflow run (a retry inherits it)
 BEATING = "beating"  # trial user attr: its number, set once its first heartbeat is stored
 SURPLUS = "surplus"  # user attr: a trial asked for past an arm's budget, never trained
@@ -359,8 +361,11 @@ def fill_study(s: Search, objective: "_Objective", target: int,
     callback that retries stale trials; after a transient error the loop goes on. A trial
     that another worker failed as stale while it trained here (late heartbeats: a
     suspended machine) is an outcome: Optuna cannot tell it, and the loop goes on."""
+    progress = []  # one entry per trial ended since the last cut-off
+
     def guard(study: optuna.Study, trial: FrozenTrial) -> None:
         objective.current = None
+        progress.append(trial.number)
         for callback in after_trial:
             callback(study, trial)
         if retry_setup(lambda: tidy(s)) >= target:
@@ -368,6 +373,7 @@ def fill_study(s: Search, objective: "_Objective", target: int,
 
     if retry_setup(lambda: tidy(s)) >= target:
         return
+    cut_offs = 0  # transient errors in a row, each cutting a trial off
     while True:
         try:
             s.study.optimize(objective, catch=(TrialFailed,), callbacks=[guard])
@@ -382,7 +388,13 @@ def fill_study(s: Search, objective: "_Objective", target: int,
             if not is_transient(exc):
                 raise
             objective.retry_cut_off()
-            time.sleep(PAUSE_S)
+            cut_offs = 1 if progress else cut_offs + 1
+            progress.clear()
+            if cut_offs > MAX_CUT_OFFS:  # back-off past minutes: the database is gone
+                raise StoreError(f"{s.study.study_name}: the Optuna storage failed {cut_offs} "
+                                 f"times in a row ({type(exc).__name__}); rerun once it is "
+                                 "back: the cut-off trials run again") from None
+            time.sleep(min(retry.PAUSE_S * 2 ** cut_offs, 30.0))
 
 
 def tidy(s: Search) -> int:
