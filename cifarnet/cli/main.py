@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import sys
@@ -293,7 +292,7 @@ def run_cmd(spec_path: str, assignments: tuple[str, ...], dry_run: bool, storage
     workspace = click.get_current_context().obj
     options = _launch_options(spec, workspace, executor, heartbeat, grace, not no_reuse)
     if spec.tune is not None:  # a split the trials' data cannot give: refused before any write
-        from cifarnet.search.tune import load_trial_data, trial_jobs
+        from cifarnet.ablation.plan import load_trial_data, trial_jobs
 
         load_trial_data([j.config for j in trial_jobs(spec)])
     if spec.tune is not None or storage is not None:
@@ -338,9 +337,11 @@ def _dry_run(spec: Any, workspace: Any, storage: str | None, workers: int, reuse
 
     jobs = spec.jobs()
     check_tracking_store(workspace)
-    click.echo(_dry_run_table(spec, jobs))
-    click.echo(_dry_run_estimate(spec, jobs, workers, workspace, reuse=reuse))
-    for line in _dry_run_power(spec, workspace, seeds):
+    from cifarnet.ablation.plan import dry_run_estimate, grid_table, power_lines
+
+    click.echo(grid_table(spec, jobs))
+    click.echo(dry_run_estimate(spec, jobs, workers, workspace, reuse=reuse))
+    for line in power_lines(spec, workspace, seeds):
         click.echo(line)
     if note := no_hypotheses_line(spec):
         click.echo(note)
@@ -364,6 +365,7 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
     summary line, and the exit code (1 when a run failed)."""
     from cifarnet.ablation.adaptive import run_until_decided
     from cifarnet.ablation.execute import Outcome, run_grid
+    from cifarnet.ablation.plan import grid_estimate
     from cifarnet.analysis.report import analyze_grid, log_verdicts
     from cifarnet.cli.progress import DecodeProgress, GridProgress
     from cifarnet.signals import stop_at_once, stop_on_signals
@@ -377,7 +379,7 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
     workers = options.executor.workers
 
     def estimate():  # the prediction --dry-run prints, shown and recorded on a new parent
-        found = _grid_estimate(spec, jobs, data, workers, workspace, reuse=options.reuse)
+        found = grid_estimate(spec, jobs, data, workers, workspace, reuse=options.reuse)
         click.echo(found.line())
         return found
 
@@ -502,152 +504,6 @@ def check_grace(heartbeat: int, grace: int) -> None:
 def min_grace(heartbeat: int) -> int:
     """The shortest --grace for a --heartbeat (seconds): two missed beats and 5 s of slack."""
     return 2 * heartbeat + 5
-
-
-def _dry_run_table(spec, jobs) -> str:
-    from cifarnet.model.summary import summarize
-
-    cells = spec.cells()
-    base = spec.base_config()
-    matched = spec.match is not None
-    rows = [("cell", "params", "MACs", "RF", *(("width", "unmatched params") if matched else ()))]
-    for cell in cells:
-        cfg = spec.cell_config(cell)
-        s = summarize(cfg.model)
-        extra = ((f"{cfg.model.width:g}", f"{summarize(base.replace(cell.levels).model).total_params:,}")
-                 if matched else ())
-        rows.append((cell.label, f"{s.total_params:,}", f"{s.total_macs:,}",
-                     str(s.receptive_field), *extra))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    if matched:
-        lines.append(f"match: params: model.width per cell, parameters within 1% of the base "
-                     f"config's {summarize(base.model).total_params:,}")
-    epochs = sum(j.config.train.epochs for j in jobs)
-    lines.append(f"{len(cells)} cell(s) x {len(spec.seeds)} seed(s) = {len(jobs)} run(s), "
-                 f"{epochs} epoch(s) in all")
-    return "\n".join(lines)
-
-
-def _dry_run_estimate(spec: Any, jobs: list[Any], workers: int, workspace: Any,
-                      reuse: bool) -> str:
-    """The grid's predicted wall time on this machine at `workers` workers
-    (`ablation.estimate`), or why there is none; read-only."""
-    from cifarnet.data.datasets import preload_data
-
-    try:
-        data = preload_data(j.config.data for j in jobs)
-    except UserError as exc:
-        return f"predicted time: none (the data cannot be loaded here: {exc})"
-    from cifarnet.ablation.estimate import hms
-
-    if spec.tune is None:
-        return _estimate(spec, jobs, data, workers, workspace, reuse).line()
-    done, tuned = _tuning_progress(spec, data, workspace)
-    if tuned:  # tuned before: no trial left, the verdict's jobs known, some may be done
-        done = {c.label: spec.tune.n_trials for c in spec.arms()}
-        spec = spec.with_tuned(tuned)
-        jobs = spec.jobs()
-        data = preload_data(j.config.data for j in jobs)
-    verdict = _estimate(spec, jobs, data, workers, workspace, reuse)
-    tuning = _tuning_estimate(spec, workers, done)
-    pruned = (", an upper bound: pruned trials stop early"
-              if spec.tune.pruner.get("type") != "none" else "")
-    cells = ("the arms at their tuned values" if tuned else "the arms at values not yet tuned")
-    return (f"tuning ({len(spec.arms())} arm(s) x {spec.tune.n_trials} trial(s) x "
-            f"{spec.tune.epochs} epoch(s), on {spec.tune.val_size:,} validation images"
-            f"{pruned}): {tuning.line()}\n"
-            f"verdict (every cell on seeds {', '.join(map(str, spec.seeds))}, {cells}): "
-            f"{verdict.line()}\n"
-            f"in all: {hms(tuning.wall_s + verdict.wall_s)} (h:mm:ss)")
-
-
-def _tuning_progress(spec: Any, data: dict, workspace: Any) -> tuple[dict, dict]:
-    """Read-only: the arms' trials this grid already counts and its recorded tuned values
-    (`tracking.results.tuning_progress`); nothing when the store does not exist."""
-    from cifarnet.ablation.execute import grid_id
-    from cifarnet.tracking.client import mlflow_client
-    from cifarnet.tracking.results import tuning_progress
-    from cifarnet.tracking.store import store_exists
-
-    if not store_exists(workspace):  # opening it would create it (--dry-run writes nothing)
-        return {}, {}
-    gid = grid_id(spec, {d.fingerprint for d in data.values()})
-    return tuning_progress(mlflow_client(workspace.tracking_uri), spec.name, gid)
-
-
-def _tuning_estimate(spec: Any, workers: int, done: dict[str, int] | None = None) -> Any:
-    """The predicted cost of the arms' trials still to run (`search.tune.trial_jobs`): each
-    to the end (none pruned); `done`: trials already counted, by arm."""
-    from cifarnet.ablation.estimate import estimate_grid
-    from cifarnet.execute.base import cpu_count
-    from cifarnet.search.tune import load_trial_data, trial_jobs
-
-    trials = trial_jobs(spec, done)
-    data = {k: d.without_test() for k, d in
-            load_trial_data([j.config for j in trials]).items()}
-    est = estimate_grid(trials, data, workers, cpu_count() // workers, set())
-    return dataclasses.replace(est, covered=sum(min(v, spec.tune.n_trials)
-                                                for v in (done or {}).values()))
-
-
-def _dry_run_power(spec: Any, workspace: Any, seeds: int) -> list[str]:
-    """One line per hypothesis: what `seeds` seeds (the spec's, or --max-seeds with
-    --until-decided) can detect and the seeds its rope
-    needs (`analysis.power`), with the spread of the store's earlier grids at this budget
-    (`tracking.spread`) or the documented default; read-only."""
-    from cifarnet.analysis.power import plan, plan_line, spread_of
-    from cifarnet.spec.metrics import parse_time_to
-    from cifarnet.data.datasets import data_key, preload_data
-    from cifarnet.tracking.spread import budget_rows
-
-    if not spec.hypotheses:
-        return []
-    base = spec.base_config()
-    try:
-        fingerprint = preload_data([base.data])[data_key(base.data)].fingerprint
-    except UserError:
-        fingerprint = None
-    lines = ["power (80%, the verdict's 95% interval):"]
-    for h in spec.hypotheses:
-        if parse_time_to(h.metric):
-            lines.append(f"  {h.id} ({h.expect}, {h.metric}): no power figure (the spread of "
-                         "epochs to a target is not read from earlier grids)")
-            continue
-        spread = spread_of(budget_rows(workspace, base, h.metric, fingerprint))
-        lines.append("  " + plan_line(h.id, h.expect, h.metric, h.rope,
-                                      plan(h.expect, h.rope, seeds, spread)))
-    return lines
-
-
-def _estimate(spec: Any, jobs: list[Any], data: dict, workers: int, workspace: Any,
-              reuse: bool) -> Any:
-    """`ablation.estimate.estimate_grid` with the threads each of `workers` workers gets."""
-    from cifarnet.ablation.estimate import (
-        covered_jobs,
-        estimate_grid,
-        seconds_since_start,
-    )
-    from cifarnet.execute.base import cpu_count
-
-    covered = covered_jobs(spec, jobs, data, workspace, reuse)
-    return estimate_grid(jobs, data, workers, cpu_count() // workers, covered,
-                         started_s=seconds_since_start())
-
-
-def _grid_estimate(spec: Any, jobs: list[Any], data: dict, workers: int, workspace: Any,
-                   reuse: bool) -> Any:
-    """What a new grid's parent run records (`log_estimate`): `_estimate`, plus the tuning
-    phase (`_tuning_estimate`) for a spec with a `tune:` block."""
-    verdict = _estimate(spec, jobs, data, workers, workspace, reuse)
-    if spec.tune is None:
-        return verdict
-    tuning = _tuning_estimate(spec, workers)
-    return dataclasses.replace(verdict, runs=verdict.runs + tuning.runs,
-                               wall_s=verdict.wall_s + tuning.wall_s,
-                               epoch_s={**{f"tune {k}": v for k, v in tuning.epoch_s.items()},
-                                        **verdict.epoch_s})
 
 
 @main.command("report")

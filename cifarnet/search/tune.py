@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cifarnet.ablation.execute import GridListener, launcher_lock, log_estimate, open_grid
-from cifarnet.spec.ablation import AblationSpec, Cell, Job
-from cifarnet.data.datasets import Dataset, data_key, preload_data
+from cifarnet.ablation.plan import load_trial_data
+from cifarnet.spec.ablation import AblationSpec, Cell
+from cifarnet.data.datasets import Dataset, data_key
 from cifarnet.errors import UserError
 from cifarnet.spec.search import arm_search_spec
 from cifarnet.search.study import Nest, run_search
@@ -52,27 +53,6 @@ class ArmResult:
 def arm_study_name(spec: AblationSpec, grid: str, cell: Cell) -> str:
     """The Optuna study of `cell`'s arm in grid `grid` (`ablation.execute.grid_id`)."""
     return f"tune.{spec.name}.{grid}.{hashlib.sha256(cell.label.encode()).hexdigest()[:8]}"
-
-
-def trial_jobs(spec: AblationSpec, done: dict[str, int] | None = None) -> list[Job]:
-    """The arms' trials still to run as jobs at the space's starting config (for the cost
-    estimate: `n_trials` per arm less the `done` ones, `tune.epochs` each, on the trials'
-    data)."""
-    out = []
-    for cell in spec.arms():
-        cfg = arm_search_spec(spec.name, spec.untuned_config(cell), spec.tune).base_config()
-        left = max(0, spec.tune.n_trials - (done or {}).get(cell.label, 0))
-        out += [Job(cell, spec.tune.seed, cfg, cfg.hash())] * left
-    return out
-
-
-def load_trial_data(configs: list[Any]) -> dict[tuple, Dataset]:
-    """The trials' data sets (by `data_key`), loaded before anything is written; a split the
-    data cannot give is a UserError naming `tune.val_size` (the key the spec sets)."""
-    try:
-        return preload_data(c.data for c in configs)
-    except UserError as exc:
-        raise UserError(str(exc).replace("data.val_size", "tune.val_size", 1)) from None
 
 
 def tune_grid(spec: AblationSpec, workspace: Workspace, *, data: dict[tuple, Dataset],
