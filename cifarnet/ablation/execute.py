@@ -264,7 +264,7 @@ def launch(grid: Grid, requests: list[JobRequest], executor: Executor, *,
     pending, tries, total = list(requests), {r.run_id: 0 for r in requests}, len(requests)
     while pending:
         again = []
-        for done in executor.map_unordered(fn, pending):
+        for done in executor.map_unordered(fn, pending, stop):
             req = pending[done.index]
             if isinstance(done.error, UserError):  # a full disk, a store refused: stop
                 raise done.error

@@ -368,7 +368,7 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
     from cifarnet.ablation.plan import grid_estimate
     from cifarnet.analysis.report import analyze_grid, log_verdicts
     from cifarnet.cli.progress import DecodeProgress, GridProgress
-    from cifarnet.signals import stop_at_once, stop_on_signals
+    from cifarnet.signals import stop_on_signals
     from cifarnet.data.datasets import preload_data
     from cifarnet.tracking.results import find_parent_run
 
@@ -384,10 +384,9 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
         return found
 
     display, total = GridProgress(), Outcome()
-    # one worker: the first signal ends the run at its next batch; else it stops at once and
-    # the executor passes it on to the runs
-    policy = stop_on_signals() if options.executor.in_process else stop_at_once()
-    with policy as request:
+    # the first signal ends the runs in progress (in this process at the next batch; the
+    # executor passes it on to its workers), a second stops at once
+    with stop_on_signals() as request:
         def run_jobs(batch) -> None:
             first = not total.parent_run_id  # --until-decided: later batches add seeds
             total.merge(run_grid(spec, workspace, options, jobs=batch, data=data,
@@ -727,7 +726,7 @@ def _search_workers(spec: Any, workers: int, workspace: Any, storage_url: str | 
     from cifarnet.signals import record_signals
     from cifarnet.search.worker import SearchWorker, search_worker
     from cifarnet.execute.base import ExecutorOptions, make_executor
-    from cifarnet.execute.local import stop_workers
+    from cifarnet.execute.local import signal_workers
     from cifarnet.search.study import counted_trials, open_search
 
     # the study, both stores and the parent run made here, once; a bad spec refused here
@@ -742,7 +741,7 @@ def _search_workers(spec: Any, workers: int, workspace: Any, storage_url: str | 
         passed_on = 0
         while not ended.wait(1.0):
             while passed_on < len(request.received):
-                stop_workers(request.received[passed_on])
+                signal_workers(request.received[passed_on])
                 passed_on += 1
             display.after_trial(s.study, None)
 

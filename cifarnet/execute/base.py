@@ -75,9 +75,11 @@ class Executor(ABC):
     kind: ExecutorKind
 
     @abstractmethod
-    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Done]:
-        """Start every call and yield each as it ends. KeyboardInterrupt while waiting
-        cancels what has not ended (a running job ends KILLED and resumes on a rerun)."""
+    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any],
+                      stop: Any = None) -> Iterator[Done]:
+        """Start every call and yield each as it ends. `stop` (an event a signal sets) or
+        KeyboardInterrupt while waiting cancels what has not ended (a running job ends KILLED
+        and resumes on a rerun) and raises KeyboardInterrupt."""
 
     def close(self) -> None:
         """Release what the executor started (a local Ray, worker processes)."""

@@ -24,7 +24,8 @@ class LocalExecutor(Executor):
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Done]:
+    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any],
+                      stop: Any = None) -> Iterator[Done]:
         if self.options.workers == 1:  # in this process: its display and signals as they are
             for i, item in enumerate(items):
                 try:
@@ -32,9 +33,10 @@ class LocalExecutor(Executor):
                 except Exception as exc:  # the job's own failures are recorded by the job
                     yield Done(i, error=exc)
             return
-        yield from self._in_processes(fn, items)
+        yield from self._in_processes(fn, items, stop)
 
-    def _in_processes(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Done]:
+    def _in_processes(self, fn: Callable[[Any], Any], items: Sequence[Any],
+                      stop: Any) -> Iterator[Done]:
         ctx = multiprocessing.get_context("spawn")  # no forked copy of a torch or MLflow state
         slots = ctx.Queue()
         for slot in range(self.options.workers):
@@ -43,29 +45,98 @@ class LocalExecutor(Executor):
                                       initializer=init_worker,
                                       initargs=(slots, self.options.resources().cpus,
                                                 self.options.gpus))
-        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        futures = {pool.submit(InWorker(fn), item): i for i, item in enumerate(items)}
+        pending = set(futures)
         try:
-            for future in cf.as_completed(futures):
-                try:
-                    yield Done(futures[future], future.result())
-                except Exception as exc:  # a worker that died (BrokenProcessPool) included
-                    yield Done(futures[future], error=exc)
+            while pending:
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
+                ended, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                for future in ended:
+                    try:
+                        yield Done(futures[future], future.result())
+                    except Exception as exc:  # a worker that died (BrokenProcessPool) too
+                        yield Done(futures[future], error=exc)
         except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
             stop_workers()
             raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
 
 
-def stop_workers(sig: int = signal.SIGTERM) -> None:
-    """Pass a stop on to this process's worker processes (each ends its run KILLED)."""
+def signal_workers(sig: int = signal.SIGTERM) -> list[Any]:
+    """Send `sig` to this process's worker processes (not multiprocessing's resource
+    tracker, which ignores SIGTERM and must outlive them); the workers signalled."""
     import psutil
 
+    children = []
     for child in psutil.Process().children():
+        try:
+            if "--multiprocessing-fork" in child.cmdline():
+                children.append(child)
+        except psutil.Error:
+            pass
+    for child in children:
         try:
             child.send_signal(sig)
         except psutil.Error:
             pass
+    return children
+
+
+def stop_workers(timeout_s: float = 60.0) -> None:
+    """Stop this process's worker processes: SIGTERM ends a running job KILLED (an idle
+    worker exits at once); one still alive after `timeout_s` seconds (5 s after a further
+    signal) is killed. Signals meanwhile are recorded, not raised: one raised in here would
+    leave workers unsignalled, and the process waiting on them for ever."""
+    import time
+
+    import psutil
+
+    from cifarnet.signals import record_signals
+
+    with record_signals() as again:
+        workers = signal_workers(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            _, alive = psutil.wait_procs(alive, timeout=0.5)
+            if again.received:  # a second stop: a few seconds to record the runs KILLED
+                deadline = min(deadline, time.monotonic() + 5.0)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+_JOB = {"running": False, "stopping": False}  # this worker process's one job at a time
+
+
+class InWorker:
+    """`fn` as a worker runs it: a stop (SIGTERM) during the job raises KeyboardInterrupt in
+    it (its run ends KILLED) and the worker exits after it; an idle worker exits at once. A
+    KeyboardInterrupt raised while a worker waits for its next job could leave the pool's
+    queue lock held, and the launcher waiting on its workers for ever."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, item: Any) -> Any:
+        _JOB["running"] = True
+        try:
+            return self.fn(item)
+        finally:
+            _JOB["running"] = False
+            if _JOB["stopping"]:
+                os._exit(128 + signal.SIGTERM)
+
+
+def _on_stop(signum: int, frame: object) -> None:
+    _JOB["stopping"] = True
+    if _JOB["running"]:
+        raise KeyboardInterrupt
+    os._exit(128 + signum)
 
 
 def init_worker(slots: Any, threads: int, gpus: int) -> None:
@@ -77,15 +148,11 @@ def init_worker(slots: Any, threads: int, gpus: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     os.environ["CIFARNET_WORKER_INDEX"] = str(slot)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # the launcher's stop, passed on
+    signal.signal(signal.SIGTERM, _on_stop)  # the launcher's stop, passed on
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the launcher
     import torch
 
     torch.set_num_threads(threads)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _libc() -> Any:

@@ -33,7 +33,8 @@ class RayExecutor(Executor):
                      include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Done]:
+    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any],
+                      stop: Any = None) -> Iterator[Done]:
         res = self.options.resources()
         task = self.ray.remote(fn).options(num_cpus=res.cpus, num_gpus=res.gpus,
                                            max_retries=self.options.max_retries,
@@ -42,7 +43,11 @@ class RayExecutor(Executor):
         left = list(refs)
         try:
             while left:
-                ready, left = self.ray.wait(left, num_returns=1)
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
+                ready, left = self.ray.wait(left, num_returns=1, timeout=0.5)
+                if not ready:
+                    continue
                 try:
                     yield Done(refs[ready[0]], self.ray.get(ready[0]))
                 except self.ray.exceptions.RayError as exc:  # died past its retries

@@ -41,7 +41,8 @@ class SlurmExecutor(Executor):
         self.executor.update_parameters(**params)
         self.jobs: list[Any] = []
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Done]:
+    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any],
+                      stop: Any = None) -> Iterator[Done]:
         if self.local:  # submitit's local cluster ignores array parallelism: a window here
             queue, running = list(enumerate(items)), {}
         else:  # one job array (`slurm_array_parallelism` at once)
@@ -49,6 +50,8 @@ class SlurmExecutor(Executor):
         window = self.options.workers
         try:
             while queue or running:
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
                 while queue and len(running) < window:
                     i, item = queue.pop(0)
                     running[i] = self.executor.submit(fn, item)
