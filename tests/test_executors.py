@@ -133,13 +133,14 @@ def test_a_postgres_grid_of_60_runs_survives_5_kills_at_random_moments(tiny_tree
     args = [EXE, "run", str(spec), "--workers", "2", "--heartbeat", "1", "--grace", "7"]
     rng, kills = random.Random(60), 0
     for _ in range(5):
-        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        # no pipe: the killed launcher's workers (which end with it) would hold it open
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(4.0, 12.0))
         if proc.poll() is None:
             proc.kill()
             kills += 1
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     last = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900)
     assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]

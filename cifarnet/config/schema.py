@@ -401,9 +401,6 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
-        if abs(value) > MAX_SEED:  # every integer is logged and analysed as an int64
-            raise ConfigError(f"{key}: must be between -(2**63 - 1) and 2**63 - 1, got "
-                              f"{shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -427,6 +424,10 @@ def _check_bounds(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if value is None or isinstance(value, (str, bool)):
         return
     lo, gt, hi, lt = meta.get("min"), meta.get("gt"), meta.get("max"), meta.get("lt")
+    if hi is None and isinstance(value, int) and abs(value) > MAX_SEED:
+        # every integer is logged and analysed as an int64
+        raise ConfigError(f"{key}: must be between -(2**63 - 1) and 2**63 - 1, got "
+                          f"{shown(value)}")
     if lo is not None and value < lo:
         raise ConfigError(f"{key}: must be >= {lo}, got {shown(value)}")
     if gt is not None and value <= gt:
