@@ -64,6 +64,11 @@ class LocalExecutor(Executor):
         pool.shutdown(wait=True)
 
 
+# after a second stop, the seconds a worker gets to end its run KILLED (MLflow's
+# system-metrics monitor alone may take its 5 s sampling interval to stop)
+SECOND_STOP_S = 20.0
+
+
 def signal_workers(sig: int = signal.SIGTERM) -> list[Any]:
     """Send `sig` to this process's worker processes (not multiprocessing's resource
     tracker, which ignores SIGTERM and must outlive them); the workers signalled."""
@@ -86,9 +91,9 @@ def signal_workers(sig: int = signal.SIGTERM) -> list[Any]:
 
 def stop_workers(timeout_s: float = 60.0) -> None:
     """Stop this process's worker processes: SIGTERM ends a running job KILLED (an idle
-    worker exits at once); one still alive after `timeout_s` seconds (5 s after a further
-    signal) is killed. Signals meanwhile are recorded, not raised: one raised in here would
-    leave workers unsignalled, and the process waiting on them for ever."""
+    worker exits at once); one still alive after `timeout_s` seconds (`SECOND_STOP_S`
+    after a further signal) is killed. Signals meanwhile are recorded, not raised: one
+    raised in here would leave workers unsignalled, and the process waiting on them."""
     import time
 
     import psutil
@@ -101,8 +106,8 @@ def stop_workers(timeout_s: float = 60.0) -> None:
         alive = workers
         while alive and time.monotonic() < deadline:
             _, alive = psutil.wait_procs(alive, timeout=0.5)
-            if again.received:  # a second stop: a few seconds to record the runs KILLED
-                deadline = min(deadline, time.monotonic() + 5.0)
+            if again.received:  # a second stop: time to record the runs KILLED, no more
+                deadline = min(deadline, time.monotonic() + SECOND_STOP_S)
     for child in alive:
         try:
             child.kill()
