@@ -107,7 +107,9 @@ def test_workers_add_seeds_until_decided_and_a_bare_spec_says_it_has_no_verdict(
 def test_one_signal_stops_every_worker_cleanly(tiny_tree, tmp_path, sig, times) -> None:
     """One signal: every worker's run ends KILLED at its next batch; a second one at once
     (it hung the supervisor, or ended it `Aborted!` exit 1, when it raised inside a lock)."""
-    spec = write_spec(tmp_path, tiny_tree, epochs=30)
+    # runs long enough (a few minutes) that neither can end between the moment both are
+    # seen RUNNING and the signal: 30 tiny epochs took about 10 s, and one sometimes did
+    spec = write_spec(tmp_path, tiny_tree, epochs=600)
     proc = subprocess.Popen([EXE, "run", str(spec), "--workers", "2"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_until_two_run(proc, lambda: children(runs_df(tmp_path)))

@@ -25,13 +25,14 @@ from typing import Any, Sequence
 from cifarnet.config.schema import build_config
 from cifarnet.data.datasets import Dataset, load_data
 from cifarnet.errors import ConfigError, DiskFull
+from cifarnet.execute.local import WORKER_STOP
 from cifarnet.hardware import check_device_present
 from cifarnet.tracking.checkpoints import CheckpointArtifact, fetch_checkpoint
 from cifarnet.tracking.reuse import copy_run, find_source
 from cifarnet.tracking.runs import adopted_run
 from cifarnet.tracking.store import MlflowRunCallback, setup_mlflow
 from cifarnet.tracking.tags import TAG_HEARTBEAT, TAG_RESUMED_FROM, TAG_STATUS
-from cifarnet.training.callbacks import Callback
+from cifarnet.training.callbacks import Callback, StopOnEvent
 from cifarnet.training.checkpoint import OnBadCheckpoint
 from cifarnet.training.loop import default_run_dir, train
 from cifarnet.training.status import RunStatus
@@ -183,7 +184,7 @@ def _train(client: Any, req: JobRequest, cfg: Any, data: Dataset,
         with adopted_run(client, req.run_id, system_metrics=True) as run:
             result = train(cfg, [CheckpointArtifact(client, req.run_id),
                                  MlflowRunCallback(req.run_id),
-                                 *callbacks],
+                                 StopOnEvent(WORKER_STOP), *callbacks],
                            data=data, run_dir=run_dir, resume=resume,
                            on_bad_checkpoint=OnBadCheckpoint.FRESH)
             run.end_as(RunStatus(result.status))

@@ -55,6 +55,19 @@ class OneLineErrors(click.Group):
     code 2, as every other bad input is; click's own form is four lines (usage, a hint, a
     blank line, the error)."""
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The installed command: once it has said its last line, a late signal (a second
+        Ctrl-C) is ignored while the interpreter shuts down, not raised there (exit -2)."""
+        import signal
+
+        from cifarnet.signals import SIGNALS
+
+        try:
+            return self.main(*args, **kwargs)
+        finally:
+            for s in SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
+
     def main(self, *args: Any, **kwargs: Any) -> Any:
         import signal
 
@@ -368,7 +381,7 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
     from cifarnet.ablation.plan import grid_estimate
     from cifarnet.analysis.report import analyze_grid, log_verdicts
     from cifarnet.cli.progress import DecodeProgress, GridProgress
-    from cifarnet.signals import stop_on_signals
+    from cifarnet.signals import record_signals, stop_on_signals
     from cifarnet.data.datasets import preload_data
     from cifarnet.tracking.results import find_parent_run
 
@@ -384,9 +397,11 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
         return found
 
     display, total = GridProgress(), Outcome()
-    # the first signal ends the runs in progress (in this process at the next batch; the
-    # executor passes it on to its workers), a second stops at once
-    with stop_on_signals() as request:
+    # in this process: the first signal ends the run at its next batch, a second at once;
+    # with workers the executor passes the stop on, and further signals are only recorded
+    # (one raised while it stops them would leave them running)
+    policy = stop_on_signals() if options.executor.in_process else record_signals()
+    with policy as request:
         def run_jobs(batch) -> None:
             first = not total.parent_run_id  # --until-decided: later batches add seeds
             total.merge(run_grid(spec, workspace, options, jobs=batch, data=data,

@@ -16,6 +16,7 @@ import signal
 from typing import Any, Callable, Iterator, Sequence
 
 from cifarnet.execute.base import Done, Executor, ExecutorKind, ExecutorOptions
+from cifarnet.signals import StopFlag
 
 
 class LocalExecutor(Executor):
@@ -116,13 +117,16 @@ def stop_workers(timeout_s: float = 60.0) -> None:
 
 
 _JOB = {"running": False, "stopping": False}  # this worker process's one job at a time
+# set by the launcher's stop in a worker: its job ends KILLED at the next batch (the trainer's
+# `StopOnEvent`), a safe point; a second stop raises at once
+WORKER_STOP = StopFlag()
 
 
 class InWorker:
-    """`fn` as a worker runs it: a stop (SIGTERM) during the job raises KeyboardInterrupt in
-    it (its run ends KILLED) and the worker exits after it; an idle worker exits at once. A
-    KeyboardInterrupt raised while a worker waits for its next job could leave the pool's
-    queue lock held, and the launcher waiting on its workers for ever."""
+    """`fn` as a worker runs it: a stop (SIGTERM) during the job sets `WORKER_STOP` (the job
+    ends KILLED at its next batch; a second stop raises at once) and the worker exits after
+    it; an idle worker exits at once. A KeyboardInterrupt raised while a worker waits for
+    its next job could leave the pool's queue lock held, and the launcher waiting for ever."""
 
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
@@ -138,15 +142,17 @@ class InWorker:
 
 
 def _on_stop(signum: int, frame: object) -> None:
-    _JOB["stopping"] = True
-    if _JOB["running"]:
+    if not _JOB["running"]:
+        os._exit(128 + signum)
+    if _JOB["stopping"]:  # a second stop: at once
         raise KeyboardInterrupt
-    os._exit(128 + signum)
+    _JOB["stopping"] = True
+    WORKER_STOP.set()
 
 
 def init_worker(slots: Any, threads: int, gpus: int) -> None:
     """A worker process's start: its slot's device and threads, death with the launcher,
-    SIGTERM as KeyboardInterrupt."""
+    SIGTERM as a stop of its job (`_on_stop`)."""
     slot = slots.get()
     die_with_parent()
     if gpus:

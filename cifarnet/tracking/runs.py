@@ -71,9 +71,10 @@ def adopted_run(client: Any, run_id: str, *, system_metrics: bool = False
     """`tracked_run`'s lifecycle for a run that exists already (a job's run, made by its
     launcher and kept across attempts): set RUNNING, yielded, ended as the block ended."""
     run = TrackedRun(client, run_id)
-    client.update_run(run_id, status="RUNNING")
-    monitor = _start_monitor(run.run_id) if system_metrics else None
-    try:
+    monitor = None
+    try:  # a stop that lands right after the run is set RUNNING still ends it
+        client.update_run(run_id, status="RUNNING")
+        monitor = _start_monitor(run.run_id) if system_metrics else None
         yield run
     except (KeyboardInterrupt, SystemExit):
         run.status = "KILLED"
