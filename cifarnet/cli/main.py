@@ -397,9 +397,8 @@ def _run_grid(spec: Any, workspace: Any, options: Any, storage: str | None,
         return found
 
     display, total = GridProgress(), Outcome()
-    # in this process: the first signal ends the run at its next batch, a second at once;
-    # with workers the executor passes the stop on, and further signals are only recorded
-    # (one raised while it stops them would leave them running)
+    # in this process a second signal stops at once; with workers the executor passes the
+    # stop on, further signals only recorded (one raised meanwhile would leave them running)
     policy = stop_on_signals() if options.executor.in_process else record_signals()
     with policy as request:
         def run_jobs(batch) -> None:
