@@ -8,18 +8,24 @@ import pytest
 
 from cifarnet.analysis.stats import (
     NO_INTERVAL,
+    OUTCOMES,
+    SIGN_FLIP_MIN_N,
     Outcome,
-    bootstrap_interval,
     compare,
     decide,
     factorial_effects,
     has_spread,
     pairing_gain,
     seeds_to_decide,
+    sign_flip_p,
+    sign_flip_verdicts,
     t_interval,
+    t_verdicts,
     verdict_p_values,
-    wilcoxon_p,
 )
+
+GB, LB, NEG = Outcome.GREATER_BEYOND_ROPE, Outcome.LESS_BEYOND_ROPE, Outcome.NEGLIGIBLE
+INC = Outcome.INCONCLUSIVE
 
 
 def test_known_t_interval_and_p_value() -> None:
@@ -30,19 +36,19 @@ def test_known_t_interval_and_p_value() -> None:
     c = compare({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0}, "a > b", 0.0)
     assert c.n == 3 and c.mean == 2.0 and c.sd == 1.0
     assert c.p_t == pytest.approx(0.074180, abs=1e-5)  # t = 3.4641, df = 2
-    assert c.effect_dz == pytest.approx(2.0)
+    assert c.effect_size == pytest.approx(2.0) and c.effect_name == "d_z"
     assert c.verdict == "inconclusive"  # the interval crosses 0
-    assert c.ci_bootstrap is None and c.p_wilcoxon is None  # n < 5, n < 6
+    assert c.check.p_sign_flip == pytest.approx(2 / 8)  # +1 +2 +3: 1 of 8 patterns per side
 
 
-def test_clear_improvement_is_supported_with_all_statistics() -> None:
+def test_clear_improvement_beyond_the_rope_with_all_statistics() -> None:
     a = {s: 0.85 + 0.01 + 0.001 * (s % 3) for s in range(6)}
     b = {s: 0.85 + 0.0005 * (s % 2) for s in range(6)}
     c = compare(a, b, "a > b", 0.002)
-    assert c.verdict == "supported" and c.paired
-    assert c.ci[0] > 0 and c.mean > 0.002
-    assert c.ci_bootstrap is not None and c.ci_bootstrap[0] > 0
-    assert c.p_wilcoxon == pytest.approx(0.03125)  # all six differences positive
+    assert c.verdict == GB and c.paired
+    assert c.ci[0] > 0.002
+    assert c.check.p_sign_flip == pytest.approx(0.03125)  # all six differences positive
+    assert c.check.verdict_sign_flip == GB  # 1 of 64 sign patterns per side: 1.6% < 2.5%
     assert c.p_t < 1e-4
 
 
@@ -50,16 +56,16 @@ def test_equivalence_case() -> None:
     d = [0.001, -0.001, 0.0005, -0.0005, 0.0]
     a = {s: 0.8 + x for s, x in enumerate(d)}
     b = {s: 0.8 for s in range(5)}
-    assert compare(a, b, "a == b", 0.01).verdict == "supported"
-    assert compare(a, b, "a > b", 0.01).verdict == "refuted"
+    assert compare(a, b, "a == b", 0.01).verdict == NEG
+    assert compare(a, b, "a > b", 0.01).verdict == NEG
 
 
 def test_reversed_effect_refutes() -> None:
     a = {0: 0.80, 1: 0.79, 2: 0.805, 3: 0.798}
     b = {0: 0.82, 1: 0.82, 2: 0.83, 3: 0.82}
     c = compare(a, b, "a > b", 0.002)
-    assert c.mean < 0 and c.verdict == "refuted"
-    assert compare(a, b, "a < b", 0.002).verdict == "supported"
+    assert c.mean < 0 and c.verdict == NEG  # a > b: nothing worth having
+    assert compare(a, b, "a < b", 0.002).verdict == LB
 
 
 def test_too_few_seeds_is_inconclusive() -> None:
@@ -71,24 +77,37 @@ def test_too_few_seeds_is_inconclusive() -> None:
 def test_unpaired_falls_back_to_welch() -> None:
     c = compare({0: 0.90, 1: 0.91, 2: 0.905}, {3: 0.80, 4: 0.81, 5: 0.805}, "a > b", 0.002)
     assert not c.paired and "Welch" in c.note
-    assert c.verdict == "supported"
+    assert c.verdict == GB and c.effect_name == "d"  # Cohen's d, not d_z
 
 
-@pytest.mark.parametrize(("expect", "mean", "ci", "rope", "verdict"), [
-    ("a > b", 0.003, (0.0001, 0.006), 0.002, "supported"),
-    ("a > b", 0.003, (0.0, 0.006), 0.002, "inconclusive"),      # lower bound must be > 0
-    ("a > b", 0.002, (0.001, 0.003), 0.002, "inconclusive"),    # mean must exceed the rope
-    ("a > b", 0.0, (-0.001, 0.0019), 0.002, "refuted"),         # upper bound below the rope
-    ("a > b", 0.0, (-0.001, 0.002), 0.002, "inconclusive"),     # ... strictly
-    ("a < b", -0.003, (-0.006, -0.0001), 0.002, "supported"),
-    ("a < b", 0.0, (-0.0019, 0.001), 0.002, "refuted"),
-    ("a == b", 0.0, (-0.0019, 0.0019), 0.002, "supported"),
-    ("a == b", 0.0, (-0.002, 0.0019), 0.002, "inconclusive"),   # inside the open interval
-    ("a == b", 0.005, (0.002, 0.008), 0.002, "refuted"),        # wholly outside
-    ("a == b", 0.003, (0.0019, 0.004), 0.002, "inconclusive"),
+def test_one_shared_seed_is_kept_on_one_side_only() -> None:
+    # seed 0 on both sides: its two values are not independent, so Welch keeps it on one
+    c = compare({0: 0.90, 1: 0.91, 2: 0.905}, {0: 0.80, 4: 0.81, 5: 0.805}, "a > b", 0.002)
+    assert not c.paired and "seed 0" in c.note and "one side only" in c.note
+    plain = compare({0: 0.90, 1: 0.91, 2: 0.905}, {4: 0.81, 5: 0.805}, "a > b", 0.002)
+    assert (c.mean, c.ci) == (plain.mean, plain.ci)
+
+
+@pytest.mark.parametrize(("expect", "ci", "rope", "verdict"), [
+    ("a > b", (0.0021, 0.006), 0.002, GB),
+    ("a > b", (0.002, 0.006), 0.002, Outcome.GREATER),      # above 0, not above the rope
+    ("a > b", (0.0001, 0.003), 0.002, Outcome.GREATER),
+    ("a > b", (0.0, 0.006), 0.002, INC),                    # the lower end must be > 0
+    ("a > b", (0.0001, 0.0019), 0.002, NEG),                # below the rope wins over > 0
+    ("a > b", (-0.001, 0.0019), 0.002, NEG),                # upper end below the rope
+    ("a > b", (-0.001, 0.002), 0.002, INC),                 # ... strictly
+    ("a < b", (-0.006, -0.0021), 0.002, LB),
+    ("a < b", (-0.006, -0.0001), 0.002, Outcome.LESS),
+    ("a < b", (-0.0019, 0.001), 0.002, NEG),
+    ("a == b", (-0.0019, 0.0019), 0.002, NEG),
+    ("a == b", (-0.002, 0.0019), 0.002, INC),                # inside the open interval
+    ("a == b", (0.0021, 0.008), 0.002, GB),                 # wholly outside
+    ("a == b", (-0.008, -0.0021), 0.002, LB),
+    ("a == b", (0.0019, 0.004), 0.002, Outcome.GREATER),
+    ("a == b", (-0.003, 0.001), 0.002, INC),
 ])
-def test_verdict_boundaries(expect, mean, ci, rope, verdict) -> None:
-    assert decide(expect, mean, ci, rope) == verdict
+def test_verdict_boundaries(expect, ci, rope, verdict) -> None:
+    assert decide(expect, ci, rope) == verdict
 
 
 def test_seeds_needed_estimate_decides() -> None:
@@ -96,9 +115,9 @@ def test_seeds_needed_estimate_decides() -> None:
     assert n is not None and n > 3
     from scipy import stats as st
     t_prev = st.t.ppf(0.975, n - 2) * 0.01 / math.sqrt(n - 1)
-    assert decide("a > b", 0.01, (0.01 - t_prev, 0.01 + t_prev), 0.002) == "inconclusive"
+    assert decide("a > b", (0.01 - t_prev, 0.01 + t_prev), 0.002) == "inconclusive"
     t_n = st.t.ppf(0.975, n - 1) * 0.01 / math.sqrt(n)
-    assert decide("a > b", 0.01, (0.01 - t_n, 0.01 + t_n), 0.002) == "supported"
+    assert decide("a > b", (0.01 - t_n, 0.01 + t_n), 0.002) == Outcome.GREATER
     c = compare({0: 0.81, 1: 0.80, 2: 0.83}, {0: 0.80, 1: 0.80, 2: 0.80}, "a > b", 0.002)
     assert c.verdict == "inconclusive" and c.seeds_needed and c.seeds_needed > 3
 
@@ -131,14 +150,14 @@ def test_factorial_effects_need_two_levels() -> None:
 
 # --- No spread, no verdict (issue 17, section 5): every member of the kind -------------------
 
-def test_identical_differences_are_not_supported() -> None:
+def test_identical_differences_decide_nothing() -> None:
     # 0.804 - 0.8 and 0.704 - 0.7 are both 0.004 (40 of 10,000 images) but differ in the last
     # float bits: no spread over seeds, so no interval, no p, no verdict beyond inconclusive.
     c = compare({0: 0.804, 1: 0.704}, {0: 0.8, 1: 0.7}, "a > b", 0.002)
     assert c.n == 2 and c.mean == pytest.approx(0.004)
     assert c.verdict == Outcome.INCONCLUSIVE
     assert c.ci == NO_INTERVAL and math.isnan(c.p_t) and math.isnan(c.se)
-    assert c.sd == 0.0 and c.effect_dz is None and c.seeds_needed is None
+    assert c.sd == 0.0 and c.effect_size is None and c.seeds_needed is None
     assert "no spread" in c.note
     for expect in ("a < b", "a == b"):
         assert compare({0: 0.804, 1: 0.704}, {0: 0.8, 1: 0.7}, expect, 0.01).verdict == (
@@ -158,17 +177,15 @@ def test_varying_differences_keep_the_t_interval() -> None:
 def test_one_and_zero_seeds_have_no_interval() -> None:
     one = compare({0: 0.9}, {0: 0.8}, "a > b", 0.002)
     assert one.ci == NO_INTERVAL and math.isnan(one.p_t) and math.isnan(one.sd)
-    assert one.effect_dz is None and one.seeds_needed is None and one.mean == pytest.approx(0.1)
+    assert one.effect_size is None and one.seeds_needed is None and one.mean == pytest.approx(0.1)
     none = compare({}, {}, "a == b", 0.01)
     assert none.n == 0 and math.isnan(none.mean) and none.ci == NO_INTERVAL
 
 
-def test_t_interval_and_bootstrap_without_spread() -> None:
+def test_t_interval_without_spread() -> None:
     assert t_interval([0.004, 0.004]) == NO_INTERVAL
     assert t_interval([0.004]) == NO_INTERVAL and t_interval([]) == NO_INTERVAL
     assert t_interval([0.004, math.nan, 0.005]) == NO_INTERVAL
-    assert bootstrap_interval([0.004] * 5) is None
-    assert bootstrap_interval([0.001, 0.002, 0.003, 0.004, 0.005]) is not None
     assert not has_spread([0.804 - 0.8, 0.704 - 0.7]) and has_spread([0.004, 0.0041])
 
 
@@ -176,21 +193,51 @@ def test_no_spread_with_many_seeds_is_still_inconclusive() -> None:
     a = {s: 0.8 + 0.004 for s in range(6)}
     b = {s: 0.8 for s in range(6)}
     c = compare(a, b, "a > b", 0.0)
-    assert c.verdict == "inconclusive" and c.ci_bootstrap is None and math.isnan(c.p_t)
-    # Wilcoxon's exact sign-flip distribution is still defined: 6 of 6 positive, p = 2 / 64
-    assert c.p_wilcoxon == pytest.approx(2 / 64)
+    assert c.verdict == "inconclusive" and math.isnan(c.p_t)
+    # the sign-flip distribution is still defined: 6 of 6 positive, p = 2 / 64; its verdict
+    # needs a spread like the t's
+    assert c.check.p_sign_flip == pytest.approx(2 / 64) and c.check.verdict_sign_flip == INC
+    assert math.isnan(c.check.skewness) and c.check.furthest_seed is None
 
 
-def test_wilcoxon_edge_values() -> None:
-    assert wilcoxon_p([0.0] * 6) == 1.0  # no non-zero difference: no evidence at all
-    # ties: |d| ranks 1, 2.5, 2.5, 4, 5, 6 with the 6 negative; exact two-sided p by
-    # enumerating the 64 sign patterns: P(T+ <= 6) + P(T+ >= 15)
-    ranks = [1, 2.5, 2.5, 4, 5, 6]
-    totals = [sum(r for r, s in zip(ranks, signs) if s)
-              for signs in itertools.product([0, 1], repeat=6)]
-    expected = sum(t <= 6 or t >= 15 for t in totals) / 64
-    assert expected == pytest.approx(26 / 64)
-    assert wilcoxon_p([0.001, 0.002, 0.002, 0.004, 0.005, -0.006]) == pytest.approx(expected)
+def test_sign_flip_edge_values_and_exact_distribution() -> None:
+    assert sign_flip_p([0.0] * 6) == 1.0  # no non-zero difference: no evidence at all
+    d = [0.001, 0.002, 0.002, 0.004, 0.005, -0.006]
+    sums = [sum(s * x for s, x in zip(signs, d))
+            for signs in itertools.product([1, -1], repeat=6)]
+    expected = sum(abs(t) >= abs(sum(d)) - 1e-12 for t in sums) / 64
+    assert sign_flip_p(d) == pytest.approx(expected)
+    # below SIGN_FLIP_MIN_N = 6 seeds one pattern per side is over 2.5%: never decisive
+    assert SIGN_FLIP_MIN_N == 6
+    huge = np.array([[1.0, 1.1, 1.2, 1.3, 1.4]])
+    assert OUTCOMES[int(sign_flip_verdicts("a > b", huge, 0.0)[0])] == INC
+    assert OUTCOMES[int(sign_flip_verdicts("a > b", np.c_[huge, [[1.5]]], 0.0)[0])] == GB
+
+
+def test_skew_diagnostics_name_the_seed_furthest_out() -> None:
+    # five seeds near +0.004 and one bad seed at -0.02: skewed left, seed 7 furthest out
+    a = {3: 0.804, 4: 0.805, 5: 0.803, 6: 0.8045, 7: 0.78, 8: 0.8035}
+    c = compare(a, {s: 0.8 for s in a}, "a > b", 0.002)
+    assert c.check.furthest_seed == 7 and c.check.furthest_z < -2
+    from scipy import stats as st
+    d = np.array([a[s] - 0.8 for s in sorted(a)])
+    assert c.check.skewness == pytest.approx(st.skew(d, bias=False)) and c.check.skewness < -2
+
+
+def test_compare_and_the_vectorised_core_agree_on_the_same_data() -> None:
+    """`compare` (one hypothesis) and `t_verdicts` / `sign_flip_verdicts` (the simulation's
+    rows) give the same verdicts on the same differences, for every claim kind."""
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 6, 9):
+        d = rng.normal(0.002, 0.003, (150, n))
+        for expect in ("a > b", "a < b", "a == b"):
+            codes, lo, hi = t_verdicts(expect, d, 0.002)
+            flips = sign_flip_verdicts(expect, d, 0.002)
+            for row, code, flip, low in zip(d, codes, flips, lo):
+                c = compare(dict(enumerate(0.8 + row)), dict.fromkeys(range(n), 0.8),
+                            expect, 0.002)
+                assert c.verdict is OUTCOMES[code] and c.ci[0] == pytest.approx(low)
+                assert c.check.verdict_sign_flip is OUTCOMES[flip]
 
 
 def test_nan_metric_leaves_its_seed_out_and_keeps_the_pairing() -> None:
@@ -218,10 +265,10 @@ def test_seeds_needed_without_spread_is_none() -> None:
 
 
 def test_decide_with_nan_is_inconclusive_and_unknown_expectation_raises() -> None:
-    assert decide("a > b", math.nan, (0.1, 0.2), 0.0) == "inconclusive"
-    assert decide("a == b", 0.0, (math.nan, 0.001), 0.01) == "inconclusive"
+    assert decide("a > b", (math.nan, 0.2), 0.0) == "inconclusive"
+    assert decide("a == b", (math.nan, 0.001), 0.01) == "inconclusive"
     with pytest.raises(ValueError):
-        decide("a >= b", 0.1, (0.05, 0.2), 0.0)
+        decide("a >= b", (0.05, 0.2), 0.0)
 
 
 def test_effects_without_spread_have_no_interval() -> None:
@@ -246,47 +293,46 @@ def test_verdict_p_values_match_the_interval_rule() -> None:
         rope = float(rng.choice([0.0, 0.002, 0.005]))
         for expect in ("a > b", "a < b", "a == b"):
             mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
-            verdict = decide(expect, mean, t_interval(d), rope)
-            support, refute = verdict_p_values(expect, mean, se, n - 1, rope)
-            lo, hi = t_interval(d)
-            if expect == "a > b":
-                assert (support < 0.05) == (lo > 0)
-                assert (refute < 0.05) == (verdict == "refuted")
-            elif expect == "a < b":
-                assert (support < 0.05) == (hi < 0)
-                assert (refute < 0.05) == (verdict == "refuted")
-            else:
-                assert (support < 0.05) == (verdict == "supported")
-                assert (refute < 0.05) == (verdict == "refuted")
+            verdict = decide(expect, t_interval(d), rope)
+            ps = verdict_p_values(expect, mean, se, n - 1, rope)
+            if verdict.decisive:
+                assert ps[verdict] < 0.05
+            # the first verdict (in precedence) whose p is below 0.05 is the verdict
+            first = next((o for o, p in ps.items() if p < 0.05), Outcome.INCONCLUSIVE)
+            assert first is verdict
 
 
 def test_verdict_p_value_hand_checked() -> None:
     # d = 0.02, 0.03, 0.04: t = 0.03 / (0.01 / sqrt 3) = 3 sqrt 3, df 2, where
     # P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2, so p = 1 - sqrt(27 / 29) = 0.0350989
-    support, refute = verdict_p_values("a > b", 0.03, 0.01 / math.sqrt(3), 2, 0.0)
-    assert support == pytest.approx(1 - math.sqrt(27 / 29), abs=1e-9)
-    assert refute == pytest.approx(1.0)  # H0 d >= 0 against a positive mean: min(1, 2 x ...)
+    ps = verdict_p_values("a > b", 0.03, 0.01 / math.sqrt(3), 2, 0.0)
+    assert ps[GB] == pytest.approx(1 - math.sqrt(27 / 29), abs=1e-9)
+    assert ps[NEG] == pytest.approx(1.0)  # H0 d >= 0 against a positive mean: min(1, 2 x ...)
 
 
 # --- the pairing's gain (issue 14, section 4) ----------------------------------------------
 
 def test_pairing_gain_hand_checked() -> None:
     # a = .80 .82 .84, b = .79 .80 .83: var(a) = 4e-4, var(b) = 4.3333e-4, d = .01 .02 .01,
-    # var(d) = 3.3333e-5; efficiency = 8.3333e-4 / 3.3333e-5 = 25, saved 3 x 24 = 72 seeds;
-    # cov = (var(a) + var(b) - var(d)) / 2 = 4e-4, corr = 4e-4 / sqrt(4e-4 x 4.3333e-4)
+    # var(d) = 3.3333e-5; efficiency = 8.3333e-4 / 3.3333e-5 = 25; s = a + b has var
+    # 1.63333e-3, so var(s) / var(d) = 49 and the 95% interval is (49 / F_.975(2, 2) + 1) / 2
+    # .. (49 / F_.025(2, 2) + 1) / 2 = 1.11 .. 955.5: at least 3 x 0.11 = 0.34 seeds saved
     g = pairing_gain([0.80, 0.82, 0.84], [0.79, 0.80, 0.83])
     assert g.var_paired == pytest.approx(1 / 30_000, rel=1e-9)
     assert g.var_unpaired == pytest.approx(0.0004 + 0.0013 / 3, rel=1e-9)
     assert g.efficiency == pytest.approx(25.0, rel=1e-9)
-    assert g.seeds_saved == pytest.approx(72.0, rel=1e-9)
+    assert g.efficiency_ci[0] == pytest.approx((49 / 39 + 1) / 2, rel=1e-9)  # F_.975(2,2) = 39
+    assert g.efficiency_ci[1] == pytest.approx((49 * 39 + 1) / 2, rel=1e-9)
+    assert g.seeds_saved == pytest.approx(3 * (g.efficiency_ci[0] - 1), rel=1e-9)
     assert g.corr == pytest.approx(4e-4 / math.sqrt(4e-4 * 0.0013 / 3), rel=1e-9)
 
 
-def test_pairing_can_cost_seeds() -> None:
-    # perfectly anti-correlated arms: var(d) = 0.0016 = 2 x (var(a) + var(b))
-    g = pairing_gain([0.80, 0.82, 0.84], [0.84, 0.82, 0.80])
-    assert g.corr == pytest.approx(-1.0) and g.efficiency == pytest.approx(0.5)
-    assert g.seeds_saved == pytest.approx(-1.5)
+def test_pairing_gain_from_few_seeds_claims_no_seeds_saved() -> None:
+    # 3 seeds with an observed efficiency of 2.7 ("5 seeds saved" by the old rule): its
+    # interval includes 1, so nothing is said about seeds saved
+    g = pairing_gain([0.80, 0.82, 0.84], [0.81, 0.80, 0.83])
+    assert g.efficiency == pytest.approx(19 / 7)
+    assert g.efficiency_ci[0] < 1 < g.efficiency_ci[1] and math.isnan(g.seeds_saved)
 
 
 def test_pairing_gain_not_estimable() -> None:

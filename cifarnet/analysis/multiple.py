@@ -8,9 +8,10 @@ under any dependence between the hypotheses: sort the p-values, compare the i-th
 (`statsmodels.stats.multitest.multipletests(method="holm")`) are the smallest family-wise
 level at which each hypothesis would still be decided.
 
-The p-value of each hypothesis is the one its verdict rests on (`stats.verdict_p_value`), so
-"adjusted p < 0.05" is exactly "the verdict survives the adjustment". Directional verdicts
-(supported or refuted) with Holm keep the family-wise error (Shaffer 1980). A hypothesis with
+The p-value of each hypothesis is the one its verdict rests on (`stats.verdict_p_value`):
+twice a one-sided p-value, so "adjusted p < 0.05" is exactly "the verdict survives the
+adjustment" and each verdict's one-sided error stays at 2.5% for the family. Directional
+verdicts with Holm keep the family-wise error (Shaffer 1980). A hypothesis with
 no p-value (no spread, too few seeds, no verdict) still counts in k, as p = 1: it was part of
 the question asked.
 """
@@ -55,6 +56,6 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
 def adjusted_verdict(verdict: Outcome, p_adjusted: float, level: float = LEVEL) -> Outcome:
     """The verdict under the family-wise level: kept when its adjusted p is below `level`,
     otherwise inconclusive (NO_VERDICT stays)."""
-    if verdict in (Outcome.SUPPORTED, Outcome.REFUTED) and not p_adjusted < level:
+    if verdict.decisive and not p_adjusted < level:
         return Outcome.INCONCLUSIVE
     return verdict

@@ -11,11 +11,13 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
-from cifarnet.analysis.stats import t_interval
+from cifarnet.analysis.stats import Outcome, t_interval
 from cifarnet.analysis.verdicts import Analysis
 
-VERDICT_COLOURS = {"supported": "#2e7d32", "refuted": "#c62828", "inconclusive": "#9e9e9e",
-                   "no verdict": "#8e24aa"}
+VERDICT_COLOURS = {Outcome.GREATER_BEYOND_ROPE: "#2e7d32", Outcome.LESS_BEYOND_ROPE: "#2e7d32",
+                   Outcome.NEGLIGIBLE: "#1565c0", Outcome.GREATER: "#7cb342",
+                   Outcome.LESS: "#7cb342", Outcome.INCONCLUSIVE: "#9e9e9e",
+                   Outcome.NO_VERDICT: "#8e24aa"}
 TARGET_PCT = 85.0
 PAD = 0.05
 LIMIT_POINTS = 100.0

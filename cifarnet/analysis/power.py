@@ -5,27 +5,22 @@ deviation of d_s = metric(a, s) - metric(b, s)), for a hypothesis answered by th
 of `cifarnet.analysis.stats` (a two-sided 95% t interval on the mean paired difference and a
 region of practical equivalence, rope, r >= 0):
 
-- **Minimum detectable effect** (MDE) at n seeds: the smallest true difference that gives a
-  "supported" verdict of `a > b` (or, mirrored, `a < b`) with probability `power` (0.8). The
-  verdict needs the interval's lower end above 0, the paired t-test at two-sided 5%, whose
-  power statsmodels computes exactly from the noncentral t distribution (`TTestPower`, Cohen
-  1988, ch. 2), and the mean above r; for the second condition we use the normal approximation
-  delta >= r + z_power * sd / sqrt(n). The MDE is the larger of the two. For `a == b` the MDE
-  is the smallest |difference| that gives "refuted" (the whole interval outside the rope) with
-  that power: the same t-test shifted by the rope, r + d_z * sd.
-- **Seeds the rope needs**: the fewest seeds that give a decisive verdict with probability
-  `power` when the true difference is 0: for `a > b` or `a < b` a "refuted" verdict (the
-  interval's relevant end inside the rope: n with (t_{0.975, n-1} + z_power) * sd / sqrt(n) <= r),
-  for `a == b` a "supported" one (the whole interval inside (-r, r), Schuirmann's two one-sided
-  tests, 1987: n with 2 * Phi(sqrt(n) * r / sd - t_{0.975, n-1}) - 1 >= power). Both use the
-  normal approximation for the mean with the t quantile for the interval, the usual sample-size
-  formulas for superiority and equivalence trials (Chow, Shao & Wang 2008, "Sample Size
-  Calculations in Clinical Research", 2nd ed., sections 3.2 and 10.1). With r = 0 no number of
-  seeds suffices (None).
+- **Minimum detectable effect** (MDE) at n seeds: the smallest true difference that gives
+  the verdict "a > b by more than the rope" (or, mirrored, "a < b ...") with probability
+  `power` (0.8): the interval's lower end above r, whose probability at a true difference
+  delta is exactly the noncentral t's, P(T'(n - 1, (delta - r) sqrt(n) / sd) > t_{0.975, n-1})
+  (Cohen 1988, ch. 2). For `a == b` the MDE is the smallest |difference| that gives "... by
+  more than the rope" in either direction with that power (the sum of the two tails).
+- **Seeds the rope needs**: the fewest seeds that give "no difference worth having" with
+  probability `power` when the true difference is 0: for `a > b` the interval's upper end below
+  r, exactly P(T'(n - 1, -r sqrt(n) / sd) < -t_{0.975, n-1}); for `a == b` the whole interval
+  inside (-r, r) (Schuirmann's TOST at 2.5% per side), exactly by integrating the normal mean's
+  probability over the chi-square distribution of the sample variance (Owen 1965). With r = 0
+  no number of seeds suffices (None).
 
-The spread comes from earlier grids at the same budget (`pooled_paired_sd`: the pooled variance
-of the paired differences of every pair of cells of every finished grid, degrees of freedom as
-weights) or, with none, from `DEFAULT_SD` below, and the result says which.
+Both assume normal paired differences; `benchmarks/verdict_simulation.py` checks the figures
+by simulation. The spread comes from earlier grids at the same budget (`pooled_paired_sd`)
+or, with none, from `DEFAULT_SD` below, and the result says which.
 
 This module imports neither torch nor MLflow.
 """
@@ -35,12 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 from scipy import stats as st
+from scipy.integrate import quad
+from scipy.optimize import brentq
 
-from cifarnet.analysis.stats import CONFIDENCE
+from cifarnet.analysis.stats import CONFIDENCE, Outcome
 from cifarnet.spec.metrics import Expect
 
 POWER = 0.8
@@ -81,6 +77,12 @@ def _t(n: int, confidence: float = CONFIDENCE) -> float:
     return float(st.t.ppf(0.5 + confidence / 2, n - 1))
 
 
+def beyond_rope_power(delta: float, sd: float, rope: float, n: int,
+                      confidence: float = CONFIDENCE) -> float:
+    """P(the interval's lower end lies above `rope`) at a true difference `delta` (exact)."""
+    return float(st.nct.sf(_t(n, confidence), n - 1, (delta - rope) * math.sqrt(n) / sd))
+
+
 def minimum_detectable_effect(sd: float, n: int, rope: float = 0.0, power: float = POWER,
                               confidence: float = CONFIDENCE,
                               expect: Expect = Expect.GREATER) -> float | None:
@@ -90,33 +92,34 @@ def minimum_detectable_effect(sd: float, n: int, rope: float = 0.0, power: float
         raise ValueError(f"power must be in (0, 1), got {power}")
     if n < 2 or not (sd > 0 and math.isfinite(sd)):
         return None
-    from statsmodels.stats.power import TTestPower
 
-    d_z = TTestPower().solve_power(effect_size=None, nobs=n, alpha=1 - confidence,
-                                   power=power, alternative="two-sided")
-    if Expect(expect) is Expect.EQUAL:
-        return rope + float(d_z) * sd
-    return max(float(d_z) * sd, rope + float(st.norm.ppf(power)) * sd / math.sqrt(n))
+    def short(delta: float) -> float:
+        p = beyond_rope_power(delta, sd, rope, n, confidence)
+        if Expect(expect) is Expect.EQUAL:
+            p += beyond_rope_power(-delta, sd, rope, n, confidence)
+        return p - power
+    return float(brentq(short, rope, rope + 1000 * sd, xtol=1e-12 * sd))
 
 
 def decisive_power(expect: Expect, sd: float, rope: float, n: int,
                    confidence: float = CONFIDENCE) -> float:
-    """The probability (normal approximation, module rules) of a decisive verdict at `n`
-    seeds when the true difference is 0: "refuted" for a directional hypothesis, "supported"
-    for `a == b`."""
+    """The exact probability of "no difference worth having" at `n` seeds when the true
+    difference is 0 (module rules)."""
     if n < 2 or rope <= 0:
         return 0.0
-    se = sd / math.sqrt(n)
-    margin = rope / se - _t(n, confidence)
-    if expect is Expect.EQUAL:
-        return max(0.0, 2 * float(st.norm.cdf(margin)) - 1)
-    return float(st.norm.cdf(margin))
+    t, df, margin = _t(n, confidence), n - 1, rope * math.sqrt(n) / sd
+    if expect is not Expect.EQUAL:
+        return float(st.nct.cdf(-t, df, -margin))
+
+    def inside(v: float) -> float:  # P(|mean| + half-width < r | sample variance v sd^2/df)
+        return (2 * st.norm.cdf(margin - t * math.sqrt(v / df)) - 1) * st.chi2.pdf(v, df)
+    return float(quad(inside, 0, df * (margin / t) ** 2, limit=200)[0])
 
 
 def seeds_for_rope(expect: Expect, sd: float, rope: float, power: float = POWER,
                    confidence: float = CONFIDENCE) -> int | None:
-    """The fewest seeds (>= 2) whose decisive-verdict probability at a true difference of 0
-    reaches `power`; None for rope 0, no spread, or more than MAX_SEEDS."""
+    """The fewest seeds (>= 2) whose probability of "no difference worth having" at a true
+    difference of 0 reaches `power`; None for rope 0, no spread, or more than MAX_SEEDS."""
     if rope <= 0 or not (sd > 0 and math.isfinite(sd)):
         return None
     for n in range(2, MAX_SEEDS + 1):
@@ -133,24 +136,28 @@ def plan(expect: Expect, rope: float, n: int, spread: Spread, power: float = POW
 
 def pooled_paired_sd(rows: Iterable[tuple[str, str, int, float]]) -> tuple[float, int, int] | None:
     """The pooled sd of paired differences from finished runs given as (grid, cell, seed,
-    value) rows: for every grid and every pair of its cells sharing >= 2 seeds, the sample
-    variance (ddof=1) of the per-seed differences; pooled with their degrees of freedom as
-    weights. Returns (sd, pairs, df), or None when no pair qualifies or every difference
-    equals its pair's mean (no spread to estimate from). Non-finite values are left out."""
+    value) rows. Per grid, over the cells with >= 2 seeds and the seeds all of them share
+    (k cells, n seeds), the cell x seed residual sum of squares SS (seed and cell means
+    removed) has (k - 1)(n - 1) degrees of freedom, and 2 SS / df estimates var(a - b) for any
+    pair (equal spread assumed): the k(k - 1)/2 pairs share their runs, so they do not add
+    degrees of freedom. Pooled over grids. Returns (sd, pairs, df), or None without a grid
+    that qualifies or without spread. Non-finite values are left out."""
     by_grid: dict[str, dict[str, dict[int, float]]] = {}
     for grid, cell, seed, value in rows:
         if value is not None and math.isfinite(value):
             by_grid.setdefault(grid, {}).setdefault(cell, {})[int(seed)] = float(value)
     ss, df, pairs = 0.0, 0, 0
     for cells in by_grid.values():
-        for a, b in combinations(sorted(cells), 2):
-            shared = sorted(set(cells[a]) & set(cells[b]))
-            if len(shared) < 2:
-                continue
-            d = np.array([cells[a][s] - cells[b][s] for s in shared])
-            ss += float(np.sum((d - d.mean()) ** 2))
-            df += len(d) - 1
-            pairs += 1
+        usable = [c for c in sorted(cells) if len(cells[c]) >= 2]
+        shared = sorted(set.intersection(*(set(cells[c]) for c in usable))) if usable else []
+        k, n = len(usable), len(shared)
+        if k < 2 or n < 2:
+            continue
+        x = np.array([[cells[c][s] for s in shared] for c in usable])
+        r = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + x.mean()
+        ss += 2 * float(np.sum(r ** 2))
+        df += (k - 1) * (n - 1)
+        pairs += k * (k - 1) // 2
     if df == 0 or ss <= 0:
         return None
     return math.sqrt(ss / df), pairs, df
@@ -174,13 +181,11 @@ def plan_line(hid: str, expect: Expect, metric: str, rope: float, p: PowerPlan) 
     if p.mde is None:
         can = f"{p.n} seed(s) give no interval (at least 2 needed)"
     else:
-        verdict = "refuted" if expect is Expect.EQUAL else "supported"
         can = (f"{p.n} seeds detect a difference of {p.mde:.4f} or more "
-               f"({p.power:.0%} power of '{verdict}')")
+               f"({p.power:.0%} power of '... by more than the rope')")
     if p.rope_seeds is not None:
-        verdict = ("a == b 'supported' at a true difference of 0" if expect is Expect.EQUAL
-                   else "a null effect 'refuted'")
-        rope_part = f"; the rope needs {p.rope_seeds} seeds for {verdict}"
+        rope_part = (f"; the rope needs {p.rope_seeds} seeds for '{Outcome.NEGLIGIBLE}' "
+                     "at a true difference of 0")
     elif rope > 0:
         rope_part = f"; the rope needs more than {MAX_SEEDS} seeds"
     else:

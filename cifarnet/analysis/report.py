@@ -12,6 +12,7 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
@@ -23,6 +24,7 @@ from cifarnet.analysis.plots import (
     plot_tuning_curves,
 )
 from cifarnet.analysis.provenance import GridSource
+from cifarnet.analysis.stats import SIGN_FLIP_MIN_N, Outcome
 from cifarnet.spec.metrics import parse_time_to
 from cifarnet.analysis.verdicts import (
     Analysis,
@@ -42,8 +44,18 @@ from cifarnet.tracking.tags import TAG_GRID
 from cifarnet.workspace import Workspace
 
 FORMATS = ("md", "html", "csv")
-VERDICT_STYLE = {"supported": "green", "refuted": "red", "inconclusive": "yellow",
-                 "no verdict": "magenta"}
+# each verdict's terminal style and HTML class
+VERDICT_STYLE = {Outcome.GREATER_BEYOND_ROPE: ("green", "beyond"),
+                 Outcome.LESS_BEYOND_ROPE: ("green", "beyond"),
+                 Outcome.NEGLIGIBLE: ("blue", "negligible"),
+                 Outcome.GREATER: ("cyan", "direction"), Outcome.LESS: ("cyan", "direction"),
+                 Outcome.INCONCLUSIVE: ("yellow", "inconclusive"),
+                 Outcome.NO_VERDICT: ("magenta", "none")}
+
+
+def _style(text: str) -> tuple[str, str]:
+    """(terminal style, HTML class) of a cell that starts with a verdict; ("", "") if none."""
+    return next((v for k, v in VERDICT_STYLE.items() if text.startswith(k)), ("", ""))
 
 
 def analyze_grid(spec_or_experiment: str | ParentRun, workspace: Workspace | None = None,
@@ -121,7 +133,7 @@ def _verdict_text(r: dict) -> str:
     """The verdict with its reasons: seeds that would decide, why there is none, the arms whose
     runs did not learn, Welch."""
     verdict = r["verdict"]
-    if verdict == "inconclusive" and not math.isnan(r["seeds_needed"]):
+    if verdict == Outcome.INCONCLUSIVE and not math.isnan(r["seeds_needed"]):
         verdict += f" (~{int(r['seeds_needed'])} seeds would decide)"
     if r["why_no_verdict"]:
         verdict += f" ({r['why_no_verdict']})"
@@ -149,11 +161,22 @@ def _interval(lo: float, hi: float) -> str:
 
 
 def hypotheses_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
-    head = ["id", "claim", "n", "a - b", "95% CI", "p (t)", "p (Wilcoxon)", "d_z",
-            "verdict"]
+    head = ["id", "claim", "n", "a - b", "95% CI", "p (t)", "d_z (d if unpaired)", "verdict"]
     rows = [[r["id"], _claim(r), str(r["n"]), f"{_fmt(r['mean_diff'])} {r['unit']}".strip(),
-             _interval(r["ci_low"], r["ci_high"]), _p(r["p_t"]), _p(r["p_wilcoxon"]),
-             _fmt(r["effect_dz"]), _verdict_text(r)]
+             _interval(r["ci_low"], r["ci_high"]), _p(r["p_t"]),
+             ("" if r["paired"] or math.isnan(r["effect_size"]) else "d ")
+             + _fmt(r["effect_size"]), _verdict_text(r)]
+            for r in hypotheses_table(a).to_dict("records")]
+    return head, rows
+
+
+def check_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["id", "n", "skewness", "seed furthest out (sds from the mean)", "p (sign-flip)",
+            "verdict (sign-flip)", "sign-flip vs t"]
+    rows = [[r["id"], str(r["n"]), _fmt(r["skewness"]),
+             "-" if r["furthest_seed"] == "" or math.isnan(r["furthest_sd"]) else
+             f"{r['furthest_seed']} ({r['furthest_sd']:+.2f})", _p(r["p_sign_flip"]),
+             r["verdict_sign_flip"] or "-", r["sign_flip_vs_t"]]
             for r in hypotheses_table(a).to_dict("records")]
     return head, rows
 
@@ -170,14 +193,16 @@ def adjusted_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
 
 def pairing_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
     head = ["id", "n", "corr(a, b)", "var(a - b)", "var(a) + var(b)", "efficiency",
-            "seeds the pairing saved"]
+            "95% interval", "seeds the pairing saved"]
     rows = []
     for r in hypotheses_table(a).to_dict("records"):
         saved = r["seeds_saved"]
         rows.append([r["id"], str(r["n"]), _fmt(r["corr"]), _fmt(r["var_paired"], 4),
                      _fmt(r["var_unpaired"], 4), _fmt(r["pairing_efficiency"]),
-                     "-" if math.isnan(saved) else
-                     (f"{saved:.1f} per arm" if saved >= 0 else f"cost {-saved:.1f} per arm")])
+                     _interval(r["efficiency_low"], r["efficiency_high"]),
+                     "not shown (the interval includes 1)" if math.isnan(saved) else
+                     (f"at least {saved:.1f} per arm" if saved >= 0
+                      else f"cost at least {-saved:.1f} per arm")])
     return head, rows
 
 
@@ -198,20 +223,20 @@ def verdict_table(a: Analysis) -> Table:
     caption; user text is escaped, so `[/]` in a claim prints as written)."""
     head, rows = hypotheses_rows(a)
     adj = {r[0]: r for r in adjusted_rows(a)[1]}
-    keep = [0, 2, 3, 4, 5, 8]
+    keep = [0, 2, 3, 4, 5, 7]
     caption = [f"{r[0]}: {r[1]}" for r in rows] + [f"note {n}" for n in notes(a)]
     if a.provenance is not None:
         caption.insert(0, a.provenance.budget)
     t = Table(title=escape(f"{a.spec.name}: hypotheses"),
               caption=escape("\n".join(caption)), caption_justify="left")
     for i in keep:
-        t.add_column(head[i], overflow="fold", justify="left" if i in (0, 8) else "right")
+        t.add_column(head[i], overflow="fold", justify="left" if i in (0, 7) else "right")
     t.add_column("Holm", overflow="fold")
     t.add_column("anytime", overflow="fold")
     for row in rows:
         styled = []
         for text in (row[-1], adj[row[0]][3], adj[row[0]][5]):
-            style = next((v for k, v in VERDICT_STYLE.items() if text.startswith(k)), "")
+            style = _style(text)[0]
             styled.append(f"[{style}]{escape(text)}[/]" if style else escape(text))
         t.add_row(*[escape(row[i]) for i in keep[:-1]], *styled)
     return t
@@ -225,7 +250,7 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
 
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
     def cell(c: str) -> str:
-        cls = next((k for k in VERDICT_STYLE if c.startswith(k)), "")
+        cls = _style(c)[1]
         return f'<td class="{cls}">{html.escape(c)}</td>'
     return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
             + "</tr></thead><tbody>"
@@ -235,25 +260,28 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;
-padding:4px 8px;text-align:left}th{background:#f3f3f3}td.supported{background:#e8f5e9;
-font-weight:600}td.refuted{background:#ffebee;font-weight:600}td.inconclusive{
-background:#fffde7}td.no{background:#f3e5f5}img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#666;
+padding:4px 8px;text-align:left}th{background:#f3f3f3}td.beyond{background:#e8f5e9;
+font-weight:600}td.negligible{background:#e3f2fd;font-weight:600}td.direction{
+background:#f1f8e9}td.inconclusive{background:#fffde7}td.none{background:#f3e5f5}img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#666;
 font-size:13px}"""
 
-RULES = ("Verdicts use paired differences over shared seeds and a 95% t-interval: 'a > b' is "
-         "supported when the interval is above 0 and the mean above the rope, refuted when "
-         "the interval's upper end is below the rope; 'a == b' is supported when the interval "
-         "lies inside (-rope, rope). Anything else is inconclusive. Without a spread estimate "
-         "(one seed, or differences all equal) there is no interval and the verdict is "
-         "inconclusive.")
+RULES = ("Verdicts use paired differences over shared seeds and a 95% t-interval with the "
+         "rope r: 'a > b by more than the rope' when the interval lies above r; 'no "
+         "difference worth having' when it lies below r (for 'a > b'; above -r for 'a < b', "
+         "inside (-r, r) for 'a == b'); 'a > b, by less than the rope or an unknown amount' "
+         "when it lies above 0 only; mirrored for a < b; otherwise inconclusive. Each is a "
+         "one-sided t-test at 2.5% (TOST at 2.5% per side for 'a == b'), wrong at most 2.5% "
+         "of the time under normal differences (docs/statistics.md: the rates measured under "
+         "skew). Without a spread estimate (one seed, or differences all equal) there is no "
+         "interval and the verdict is inconclusive.")
 HOLM = ("With several hypotheses, the chance that at least one verdict is wrong grows with "
-        "their number; Holm's adjustment (Holm 1979) keeps that chance at 5% for the whole "
-        "spec, and 'verdict (Holm)' is what survives it. A hypothesis with seeds added by "
-        "--until-decided has no valid fixed-n p-value: it counts in the family as p = 1 and "
-        "its Holm verdict is n/a. 'p (verdict)' is the p-value the fixed-n verdict rests on "
-        "(the one-sided t-test of its interval condition, against 0 or the rope; the smaller "
-        "of the supported and refuted tests' when inconclusive), the one Holm adjusts; "
-        "'p (t)' above is the two-sided test of a - b = 0.")
+        "their number; Holm's adjustment (Holm 1979) keeps it at the verdicts' level for the "
+        "whole spec, and 'verdict (Holm)' is what survives it. A hypothesis with seeds added "
+        "by --until-decided has no valid fixed-n p-value: it counts in the family as p = 1 "
+        "and its Holm verdict is n/a. 'p (verdict)' is twice the one-sided p-value of the "
+        "t-test the fixed-n verdict rests on (against 0 or the rope; the smallest of the "
+        "decisive verdicts' when inconclusive), so it is below 0.05 exactly when that test "
+        "rejects at 2.5%; Holm adjusts it. 'p (t)' above is the two-sided test of a - b = 0.")
 ANYTIME = ("'verdict (anytime)' uses a 95% confidence sequence (Lai 1976; Howard et al. 2021) "
            "that holds at every number of seeds at once: it is the verdict to read when seeds "
            "were added with --until-decided, whose stopping rule it is, and the 'verdict' "
@@ -263,21 +291,31 @@ CHANCE = (f"A run 'did not learn' when its test accuracy is not above chance (1/
           "a hypothesis whose arms both did not learn gets no verdict.")
 PAIRING = ("The seeds pair the variants. 'efficiency' is var(a) + var(b) over var(a - b): an "
            "unpaired design would need that many times the seeds for the same precision; "
-           "below 1 the pairing cost seeds.")
+           "below 1 the pairing cost seeds. From few seeds the ratio is mostly noise, so it "
+           "comes with a 95% interval (an F interval, assuming normal arms of equal spread), "
+           "and seeds saved (or cost) are given only when the interval excludes 1, as the "
+           "least the interval supports.")
+CHECK = ("The t assumes normal differences; a few bad seeds skew them. 'skewness' is the "
+         "sample skewness of the paired differences, and the seed furthest out is named with "
+         "its distance from the mean in sds. The sign-flip check (Fisher 1935) applies the "
+         "same verdict rules with exact permutation tests that assume only differences "
+         "symmetric about their mean; it cannot reach 2.5% one-sided below "
+         f"{SIGN_FLIP_MIN_N} seeds (2^n sign patterns). Where it disagrees with the t, read "
+         "the verdict with care: skew or an outlier may be driving it.")
 
 
 TWO_SOURCES = ("Per seed, McNemar's exact test (1947) on the test images where exactly one "
                "network is right asks whether the two trained networks differ on this test set; "
                "the verdict over seeds asks whether the training procedures differ. 'test-set "
                "error' is the standard error of one seed's difference from the test images "
-               "alone; 'seed sd' is the spread of the differences over seeds. The larger one "
-               "says what would narrow the answer more: a larger test set, or more seeds.")
+               "alone: how far it would move on a fresh test set of the same size. It is not a "
+               "rival to the spread over seeds: that spread already contains the test images' "
+               "share of the seed noise.")
 
 
 def two_sources_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
     head = ["id", "seeds", "differ on the test set (p < 0.05)", "McNemar p per seed",
-            "discordant images (a only / b only)", "test-set error (points)",
-            "seed sd (points)", "larger"]
+            "discordant images (a only / b only)", "test-set error (points)"]
     rows = []
     for v in a.verdicts:
         ts = a.test_set.get(v.hypothesis.id)
@@ -286,8 +324,7 @@ def two_sources_rows(a: Analysis) -> tuple[list[str], list[list[str]]]:
         rows.append([v.hypothesis.id, str(len(ts.tests)), f"{ts.differing} of {len(ts.tests)}",
                      ", ".join(f"{t.seed}: {_p(t.p)}" for t in ts.tests),
                      ", ".join(f"{t.n01}/{t.n10}" for t in ts.tests),
-                     _fmt(ts.test_set_se * 100), _fmt(ts.seed_sd * 100),
-                     ts.dominant or "- (one seed)"])
+                     _fmt(ts.test_set_se * 100)])
     return head, rows
 
 
@@ -339,9 +376,10 @@ def _sections(a: Analysis) -> list[tuple[str, str, tuple[list[str], list[list[st
     if a.verdicts:
         out.append(("Several hypotheses, optional stopping, runs at chance",
                     f"{HOLM} {ANYTIME} {CHANCE}", adjusted_rows(a)))
+        out.append(("Beside the t: skew and a sign-flip check", CHECK, check_rows(a)))
         out.append(("What the pairing bought", PAIRING, pairing_rows(a)))
     if any(a.test_set.values()):
-        out.append(("Two sources of uncertainty", TWO_SOURCES, two_sources_rows(a)))
+        out.append(("The test set, per seed", TWO_SOURCES, two_sources_rows(a)))
     if a.effects:
         out.append(("Factorial effects on test accuracy", "", effects_rows(a)))
     return out
@@ -367,6 +405,9 @@ def write_report(a: Analysis, out: Path, formats: tuple[str, ...] = FORMATS) -> 
     if "csv" in formats:
         for name, df in (("variants", a.variants), ("hypotheses", hypotheses_table(a)),
                          ("effects", effects_table(a)),
+                         *([("tuning", pd.DataFrame(tuning_rows(a)[1],
+                                                    columns=tuning_rows(a)[0]))]
+                           if a.tuning else []),
                          ("runs", a.runs.drop(columns=["history"], errors="ignore"))):
             df.to_csv(out / f"{name}.csv", index=False)
             files.append(out / f"{name}.csv")

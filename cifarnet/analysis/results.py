@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cifarnet.analysis.stats import Outcome
+from cifarnet.spec.metrics import Expect
 from cifarnet.analysis.verdicts import Analysis, Verdict, hypotheses_table
 from cifarnet.config.yamlio import read_yaml_mapping
 from cifarnet.errors import UserError, shown
@@ -92,19 +93,28 @@ def load_claims(path: Path) -> ClaimsFile:
     return ClaimsFile(raw.get("title", "Results"), raw.get("source", ""), out)
 
 
+CLAIMED = {Expect.GREATER: Outcome.GREATER_BEYOND_ROPE, Expect.LESS: Outcome.LESS_BEYOND_ROPE,
+           Expect.EQUAL: Outcome.NEGLIGIBLE}
+
+
 def agreement(v: Verdict) -> str:
-    """Whether the evidence agrees with the claim as the spec states it (`expect`)."""
-    outcome = v.outcome
-    if outcome == Outcome.SUPPORTED:
-        return "agrees: the evidence supports the claim"
-    if outcome == Outcome.REFUTED:
-        return "disagrees: the evidence refutes the claim"
-    if outcome == Outcome.INCONCLUSIVE:
+    """Whether the evidence agrees with the claim as the spec states it (`expect`): a
+    directional claim with its rope is shown only "by more than the rope"."""
+    outcome, expect = v.outcome, v.hypothesis.expect
+    if outcome is CLAIMED[expect]:
+        return f"agrees: {outcome}"
+    if outcome in (Outcome.GREATER, Outcome.LESS):
+        return (f"undecided: a difference is shown ({outcome}), not whether it is worth having"
+                if expect is Expect.EQUAL else
+                f"agrees on the direction only: {outcome}; a gain worth having is not shown")
+    if outcome is Outcome.INCONCLUSIVE:
         need = v.comparison.seeds_needed
         more = f"; about {need} seeds would decide" if need and need > v.comparison.n else ""
         which = "the anytime-valid interval" if v.seeds_added else "the interval"
         return f"undecided: {which} spans the claim's boundary at this budget{more}"
-    return f"no verdict ({v.why_no_verdict or v.comparison.note or 'the data cannot answer'})"
+    if outcome is Outcome.NO_VERDICT:
+        return f"no verdict ({v.why_no_verdict or v.comparison.note or 'the data cannot answer'})"
+    return f"disagrees: {outcome}"
 
 
 def _num(x: float) -> str:
@@ -124,7 +134,7 @@ def anytime_line(v: Verdict, row: Mapping[str, Any]) -> str:
 
 
 def power_line(v: Verdict) -> str:
-    """The seeds this claim's verdict needs (80% power, `analysis.power.seeds_for_rope`), from
+    """The seeds "no difference worth having" needs (80% power, `power.seeds_for_rope`), from
     the spread of this grid's own paired differences (or the documented default)."""
     from cifarnet.analysis.power import DEFAULT_SD, MAX_SEEDS, POWER, seeds_for_rope
 
@@ -142,11 +152,13 @@ def power_line(v: Verdict) -> str:
     seeds = f"about {need} seeds" if need is not None else f"more than {MAX_SEEDS} seeds"
     if v.seeds_added:  # the count is the fixed-n t-test's: a design declared in advance
         return (f"Power: with {src}, a fixed design (its seeds listed in the spec, no "
-                f"`--until-decided`) needs {seeds} for a decisive verdict at this rope "
+                f"`--until-decided`) needs {seeds} for '{Outcome.NEGLIGIBLE}' at this rope "
                 f"({h.rope * scale:g} {unit}) with {POWER:.0%} power if the true difference "
-                f"is 0; the anytime-valid verdict of this adaptive grid needs more.")
-    return (f"Power: with {src}, a decisive verdict at this rope ({h.rope * scale:g} {unit}) "
-            f"needs {seeds} for {POWER:.0%} power if the true difference is 0; this grid has "
+                f"is 0 (exact, noncentral t); the anytime-valid verdict of this adaptive grid "
+                "needs more.")
+    return (f"Power: with {src}, '{Outcome.NEGLIGIBLE}' at this rope ({h.rope * scale:g} "
+            f"{unit}) needs {seeds} for {POWER:.0%} power if the true difference is 0 (exact, "
+            f"noncentral t); this grid has "
             f"{c.n}. (The verdict's \"~N seeds would decide\" instead assumes the observed "
             "difference is the true one.)")
 
@@ -181,7 +193,8 @@ def claim_section(claim: Claim, a: Analysis | None, plots: list[str],
                if v.seeds_added else f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}] | ")
             + f"{'n/a' if not math.isfinite(c.p_t) else f'{c.p_t:.3g}'} | "
             f"{', '.join(map(str, seeds)) or '-'} ({c.n}) | "
-            + (f"x{eff:.2f} (corr {corr:+.2f})" if math.isfinite(eff) else "n/a") + " |", ""]
+            + (f"x{eff:.2f}, 95% [{row['efficiency_low']:.2f}, {row['efficiency_high']:.2f}] "
+               f"(corr {corr:+.2f})" if math.isfinite(eff) else "n/a") + " |", ""]
     if v.seeds_added:
         out += [anytime_line(v, row), ""]
     if c.note:

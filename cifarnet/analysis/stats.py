@@ -1,40 +1,39 @@
-"""Paired statistics over seeds: does variant a beat variant b, and how sure are we?
+"""Paired statistics over seeds: what the data show about a - b, and how sure we are.
 
 For a hypothesis on a metric, the seeds both sides share give paired differences
-d_s = metric(a, s) - metric(b, s). We report n, the mean difference, a 95% t-interval (and a
-percentile bootstrap interval when n >= 5), the paired t-test's p-value, Wilcoxon's signed-rank
-p-value when n >= 6 (scipy's exact permutation distribution, ties included), and Cohen's
-d_z = mean / sd. With the region of practical equivalence (rope) r:
+d_s = metric(a, s) - metric(b, s). We report n, the mean difference, a 95% t-interval, the
+paired t-test's p-value, Cohen's d_z = mean / sd, and beside the t (which assumes normal
+differences) an exact sign-flip permutation check (which assumes only differences symmetric
+about their mean), the sample skewness and the seed furthest out.
 
-- `a > b` is supported when the interval's lower bound is above 0 and the mean above r;
-  refuted when the upper bound is below r (no effect worth having, or the reverse);
-  otherwise inconclusive.
-- `a < b` is the mirror image.
-- `a == b` is supported when the whole interval lies inside (-r, r); refuted when it lies
-  wholly outside; otherwise inconclusive.
+**The verdicts** (`Outcome`) say what the interval shows, with the region of practical
+equivalence (rope) r; each decisive one is a one-sided t-test at 2.5% (an end of the 95%
+interval beyond a threshold), so under normal differences each is wrong at most 2.5% of
+the time when its statement is false:
+- *a > b by more than the rope*: the interval lies above r;
+- *no difference worth having*: for `a > b` the interval lies below r, for `a < b` above
+  -r, for `a == b` inside (-r, r) (Schuirmann's TOST, 2.5% per side);
+- *a > b, by less than the rope or an unknown amount*: the interval lies above 0 only;
+- the mirror images for `a < b` (and, for `a == b`, either direction);
+- otherwise *inconclusive*.
+Their precedence is that order. One vectorised core (`decide_tests`) applies these rules to
+rows of paired differences, for the t-interval (`t_verdicts`), the sign-flip check
+(`sign_flip_verdicts`) and the confidence sequence (`analysis.sequential`);
+`benchmarks/verdict_simulation.py` measures their error rates with the same functions.
 
-**No spread, no verdict.** An interval needs an estimate of the spread over seeds. With fewer
-than two paired differences, or differences that are all equal (sd = 0, e.g. 0.004 and 0.004:
-test accuracies are multiples of 1/num_test, so equal differences happen), there is none: the
-verdict is inconclusive, the interval is (-inf, inf), p-values of t and d_z are undefined
-(NaN / None), no bootstrap interval is given and no "seeds needed" estimate either. We do not
-floor the spread by the test set's binomial sampling error: that error is shared by every
-seed (the same test images), so it is not seed-to-seed spread, and the verdict is about the
-training procedure on this test set (Bouthillier et al. 2021, "Accounting for variance in
-machine learning benchmarks", MLSys, separate the two sources). Non-finite metric values
-(a diverged run's NaN) are left out with their seed, and the note says so.
+**No spread, no verdict.** With fewer than two paired differences, or differences all equal
+(`has_spread`: test accuracies are multiples of 1/num_test, so equal differences happen),
+there is no spread estimate: the verdict is inconclusive, the interval (-inf, inf), and p of
+t, d_z and "seeds needed" are undefined. We do not floor the spread by the test set's
+binomial error: every seed shares the test images, so it is not seed-to-seed spread
+(Bouthillier et al. 2021, MLSys). Non-finite metric values are left out with their seed.
 
-**The verdict's own p-value** (`verdict_p_value`) is the p-value of the one-sided t-test the
-verdict rests on, doubled to match the two-sided 95% interval: it is below 0.05 exactly when
-the interval's relevant end clears its threshold (for `a > b`: H0 d <= 0 when supported,
-H0 d >= r when refuted; for `a == b`: the larger of the two one-sided tests against -r and r
-(Schuirmann's TOST, 1987) when supported). `cifarnet.analysis.multiple` adjusts these for the
-number of hypotheses (Holm 1979).
+**The verdict's own p-value** (`verdict_p_value`) is twice the one-sided p-value of the t-test
+the verdict rests on: below 0.05 exactly when that test rejects at 2.5%.
+`analysis.multiple` adjusts these for the number of hypotheses (Holm 1979).
 
-An inconclusive verdict comes with the number of seeds that would decide it if the observed
-mean and spread held. When the sides share fewer than two seeds, Welch's unpaired test is used
-instead, and the result says so; when they share two or more but not all, the shared seeds are
-paired and the others left out, with a note.
+When the sides share fewer than two seeds, Welch's unpaired test is used (a single shared
+seed is kept on one side only: its two values are not independent), and the result says so.
 
 This module imports neither torch nor MLflow.
 """
@@ -43,9 +42,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import numpy as np
@@ -54,49 +52,80 @@ from scipy import stats as st
 from cifarnet.spec.metrics import Expect
 
 CONFIDENCE = 0.95
-BOOTSTRAP_MIN_N = 5
-WILCOXON_MIN_N = 6
+SIDE_LEVEL = (1 - CONFIDENCE) / 2  # each decisive verdict: a one-sided test at 2.5%
 PAIRING_MIN_N = 3
 MAX_SEEDS_ESTIMATE = 1000
 NO_INTERVAL = (-math.inf, math.inf)
 EQUAL_TOL = 1e-9
+SIGN_FLIP_EXACT_MAX = 12  # exact enumeration up to 2^12 sign patterns, random flips above
+SIGN_FLIP_DRAWS = 4095
+# the fewest seeds at which an exact sign-flip test can reject at 2.5% one-sided: 2^-n <= 2.5%
+SIGN_FLIP_MIN_N = math.ceil(math.log2(1 / SIDE_LEVEL))
 
 
 class Outcome(StrEnum):
-    """A verdict. NO_VERDICT: the data cannot answer the question at all (both arms at
-    chance, or the metric was never logged), so more seeds would not help."""
+    """A verdict: what the data show about a - b (module docstring). NO_VERDICT: the data
+    cannot answer at all (both arms at chance, the metric never logged)."""
 
-    SUPPORTED = "supported"
-    REFUTED = "refuted"
+    GREATER_BEYOND_ROPE = "a > b by more than the rope"
+    LESS_BEYOND_ROPE = "a < b by more than the rope"
+    NEGLIGIBLE = "no difference worth having"
+    GREATER = "a > b, by less than the rope or an unknown amount"
+    LESS = "a < b, by less than the rope or an unknown amount"
     INCONCLUSIVE = "inconclusive"
     NO_VERDICT = "no verdict"
+
+    @property
+    def decisive(self) -> bool:
+        return self not in (Outcome.INCONCLUSIVE, Outcome.NO_VERDICT)
+
+
+OUTCOMES = tuple(Outcome)  # the vectorised core returns indices into this tuple
+_CODE = {o: i for i, o in enumerate(OUTCOMES)}
 
 
 @dataclass(frozen=True)
 class PairingGain:
     """What pairing the seeds bought for one hypothesis (n >= 3 shared seeds).
 
-    corr: Pearson correlation of the two arms over seeds. var_paired = var(a - b);
-    var_unpaired = var(a) + var(b) (what the difference of two independent arms would have;
-    both ddof=1, metric units squared). efficiency = var_unpaired / var_paired: an unpaired
-    design needs `efficiency` times as many seeds per arm for the same standard error, so the
-    pairing saved n * (efficiency - 1) seeds per arm (negative: it cost seeds). NaN when not
-    estimable (fewer than 3 seeds, or no spread)."""
+    corr: Pearson correlation of the arms over seeds; var_paired = var(a - b), var_unpaired =
+    var(a) + var(b) (ddof=1, metric units squared); efficiency = var_unpaired / var_paired, the
+    factor of seeds per arm an unpaired design needs for the same standard error, with its 95%
+    interval (`pairing_efficiency`). seeds_saved: the seeds per arm the pairing saved at
+    least, n (low - 1), only when the interval lies above 1; n (high - 1) < 0 (it cost seeds)
+    when it lies below 1; NaN when it includes 1 or is not estimable: from few seeds the
+    observed ratio alone is mostly noise."""
 
     n: int
     corr: float
     var_paired: float
     var_unpaired: float
     efficiency: float
+    efficiency_ci: tuple[float, float]
     seeds_saved: float
+
+
+@dataclass(frozen=True)
+class SkewCheck:
+    """Beside the t, which assumes normal differences: their sample skewness (adjusted
+    Fisher-Pearson, NaN under 3 seeds or without spread), the seed furthest from their mean
+    and its distance in sds, the exact two-sided sign-flip p-value of a - b = 0, and the
+    verdict with sign-flip tests in place of the t (`sign_flip_verdicts`)."""
+
+    skewness: float
+    furthest_seed: int | None
+    furthest_z: float
+    p_sign_flip: float
+    verdict_sign_flip: Outcome
 
 
 @dataclass(frozen=True)
 class Comparison:
     """The statistics of one hypothesis and its verdict (values in metric units).
 
-    se and df are the standard error and degrees of freedom of the mean difference (paired t
-    or Welch); NaN when there is no spread estimate."""
+    se and df: of the mean difference (paired t or Welch), NaN without a spread estimate.
+    effect_size: d_z = mean / sd of the differences when paired, Cohen's d (pooled sd) when
+    unpaired (`effect_name`)."""
 
     expect: Expect
     rope: float
@@ -107,168 +136,226 @@ class Comparison:
     p_t: float
     verdict: Outcome
     paired: bool = True
-    ci_bootstrap: tuple[float, float] | None = None
-    p_wilcoxon: float | None = None
-    effect_dz: float | None = None
+    effect_size: float | None = None
     seeds_needed: int | None = None
     note: str = ""
     differences: list[float] = field(default_factory=list)
     se: float = math.nan
     df: float = math.nan
     pairing: PairingGain | None = None
+    check: SkewCheck | None = None
+
+    @property
+    def effect_name(self) -> str:
+        return "d_z" if self.paired else "d"
 
 
-def has_spread(values: Sequence[float]) -> bool:
-    """True when `values` give a usable spread estimate: at least two finite values that are
-    not all equal. Equal means within EQUAL_TOL (relative above 1): 0.804 - 0.8 and
-    0.704 - 0.7 differ in the last bits of a float, not in the number of test images."""
+Tests = tuple[tuple[int, float], ...]
+
+
+def rules(expect: Expect | str, rope: float) -> list[tuple[Outcome, Tests]]:
+    """The verdicts a claim can reach, in precedence order, each with the one-sided tests it
+    needs at 2.5%: (+1, x) rejects d <= x, (-1, x) rejects d >= x. Raises ValueError for an
+    unknown expectation."""
+    up, down = ((1, rope),), ((-1, -rope),)
+    if Expect(expect) is Expect.GREATER:
+        return [(Outcome.GREATER_BEYOND_ROPE, up), (Outcome.NEGLIGIBLE, ((-1, rope),)),
+                (Outcome.GREATER, ((1, 0.0),))]
+    if Expect(expect) is Expect.LESS:
+        return [(Outcome.LESS_BEYOND_ROPE, down), (Outcome.NEGLIGIBLE, ((1, -rope),)),
+                (Outcome.LESS, ((-1, 0.0),))]
+    return [(Outcome.GREATER_BEYOND_ROPE, up), (Outcome.LESS_BEYOND_ROPE, down),
+            (Outcome.NEGLIGIBLE, ((1, -rope), (-1, rope))), (Outcome.GREATER, ((1, 0.0),)),
+            (Outcome.LESS, ((-1, 0.0),))]
+
+
+def decide_tests(expect: Expect | str, rejects: Callable[[int, float], np.ndarray],
+                 rope: float) -> np.ndarray:
+    """The verdict core: codes (indices into OUTCOMES) from one-sided tests, where
+    `rejects(side, x)` is a boolean array (see `rules`)."""
+    conds, codes = [], []
+    for outcome, tests in rules(expect, rope):
+        conds.append(np.logical_and.reduce([np.asarray(rejects(s, x)) for s, x in tests]))
+        codes.append(_CODE[outcome])
+    return np.select(conds, codes, _CODE[Outcome.INCONCLUSIVE])
+
+
+def interval_verdicts(expect: Expect | str, lo, hi, rope: float) -> np.ndarray:
+    """Verdict codes from intervals (arrays lo, hi): an end beyond a threshold rejects it.
+    NaN or infinite ends decide nothing."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    return decide_tests(expect, lambda s, x: lo > x if s > 0 else hi < x, rope)
+
+
+def decide(expect: Expect | str, ci: tuple[float, float], rope: float) -> Outcome:
+    """The verdict of one interval (`interval_verdicts`)."""
+    return OUTCOMES[int(interval_verdicts(expect, ci[0], ci[1], rope))]
+
+
+def has_spread(values) -> bool | np.ndarray:
+    """True where `values` (along the last axis) give a usable spread estimate: at least two
+    finite values not all equal. Equal means within EQUAL_TOL (relative above 1): 0.804 - 0.8
+    and 0.704 - 0.7 differ in the last bits of a float, not in the number of test images."""
     x = np.asarray(values, dtype=float)
-    if len(x) < 2 or not np.all(np.isfinite(x)):
-        return False
-    return bool(np.ptp(x) > EQUAL_TOL * max(1.0, float(np.max(np.abs(x)))))
+    if x.shape[-1] < 2:
+        out = np.zeros(x.shape[:-1], bool)
+    else:
+        with np.errstate(invalid="ignore"):
+            out = np.isfinite(x).all(-1) & (
+                np.ptp(x, -1) > EQUAL_TOL * np.maximum(1.0, np.abs(x).max(-1)))
+    return bool(out) if out.ndim == 0 else out
+
+
+def t_intervals(d, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Student t intervals of the mean of each row of `d` (shape (R, n)); (-inf, inf) for a
+    row without a spread estimate: a zero-width interval would claim certainty."""
+    d = np.atleast_2d(np.asarray(d, dtype=float))
+    n, spread = d.shape[1], has_spread(d)
+    if n < 2 or not spread.any():
+        return np.full(len(d), -math.inf), np.full(len(d), math.inf)
+    half = st.t.ppf(0.5 + confidence / 2, n - 1) * d.std(1, ddof=1) / math.sqrt(n)
+    m = d.mean(1)
+    return np.where(spread, m - half, -math.inf), np.where(spread, m + half, math.inf)
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Student t interval of the mean; (-inf, inf) when there is no spread estimate
-    (`has_spread` is False): a zero-width interval would claim certainty from two equal
-    values."""
+    """The t interval of one sample (`t_intervals`)."""
+    lo, hi = t_intervals(np.asarray(values, dtype=float).reshape(1, -1), confidence)
+    return (float(lo[0]), float(hi[0]))
+
+
+def t_verdicts(expect: Expect | str, d, rope: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The verdicts of rows of paired differences `d` (shape (R, n)) by the 95% t-interval:
+    (codes, lo, hi). `compare` and the simulation both call this."""
+    lo, hi = t_intervals(d)
+    return interval_verdicts(expect, lo, hi, rope), lo, hi
+
+
+def _sign_patterns(n: int) -> np.ndarray:
+    """All 2^n sign patterns (n <= SIGN_FLIP_EXACT_MAX) or the identity and SIGN_FLIP_DRAWS
+    random ones (seeded by n); row 0 is all +1 (the observed sample)."""
+    if n <= SIGN_FLIP_EXACT_MAX:
+        return 1.0 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+    flips = np.random.default_rng(n).choice([-1.0, 1.0], (SIGN_FLIP_DRAWS, n))
+    return np.vstack([np.ones(n), flips])
+
+
+def sign_flip_verdicts(expect: Expect | str, d, rope: float) -> np.ndarray:
+    """Verdict codes with exact sign-flip tests in place of the t: d <= x is rejected when at
+    most 2.5% of the sign patterns of d - x give a sum at least the observed one (Fisher
+    1935; exact up to SIGN_FLIP_EXACT_MAX seeds, a valid Monte Carlo p above). Assumes only
+    differences symmetric about their mean; cannot reject below SIGN_FLIP_MIN_N seeds. Rows
+    without a spread are inconclusive, as for the t."""
+    d = np.atleast_2d(np.asarray(d, dtype=float))
+    n, signs = d.shape[1], _sign_patterns(d.shape[1])
+    total, out = signs.sum(1), np.empty(len(d), int)
+    step = max(1, 2 ** 21 // len(signs))
+    for i in range(0, len(d), step):
+        x = d[i:i + step]
+        flipped, obs = x @ signs.T, x.sum(1, keepdims=True)
+        scale = EQUAL_TOL * np.abs(x).sum(1, keepdims=True)
+
+        def rejects(side: int, t: float) -> np.ndarray:
+            excess = side * (flipped - t * total - (obs - t * n))
+            return np.mean(excess >= -(scale + EQUAL_TOL * n * abs(t)), 1) <= SIDE_LEVEL
+        codes = decide_tests(expect, rejects, rope)
+        out[i:i + step] = np.where(has_spread(x), codes, _CODE[Outcome.INCONCLUSIVE])
+    return out
+
+
+def sign_flip_p(values: Sequence[float]) -> float:
+    """Two-sided exact sign-flip p-value of mean 0: the share of sign patterns whose |sum| is
+    at least the observed one (6 of 6 differences positive: 2 / 64)."""
     x = np.asarray(values, dtype=float)
-    if not has_spread(x):
-        return NO_INTERVAL
-    n = len(x)
-    half = st.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-    return (float(x.mean() - half), float(x.mean() + half))
+    sums = _sign_patterns(len(x)) @ x
+    return float(np.mean(np.abs(sums) >= abs(x.sum()) * (1 - EQUAL_TOL)))
 
 
-def bootstrap_interval(values: Sequence[float], confidence: float = CONFIDENCE,
-                       resamples: int = 10_000, seed: int = 0) -> tuple[float, float] | None:
-    """Percentile bootstrap of the mean (Efron & Tibshirani 1993; seeded, so reports are
-    reproducible). None when there is no spread: resampling equal values only returns them."""
-    x = np.asarray(values, dtype=float)
-    if not has_spread(x):
-        return None
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (resamples, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2])
-    return (float(lo), float(hi))
+def skew_check(seeds: Sequence[int], d: np.ndarray, expect: Expect, rope: float) -> SkewCheck:
+    """The `SkewCheck` of paired differences `d` at `seeds` (n >= 2)."""
+    spread = has_spread(d)
+    sd = float(d.std(ddof=1))
+    z = (d - d.mean()) / sd if spread else np.zeros(len(d))
+    far = int(np.argmax(np.abs(z)))
+    skew = float(st.skew(d, bias=False)) if spread and len(d) >= 3 else math.nan
+    verdict = OUTCOMES[int(sign_flip_verdicts(expect, d, rope)[0])]
+    return SkewCheck(skew, int(seeds[far]) if spread else None,
+                     float(z[far]) if spread else math.nan, sign_flip_p(d), verdict)
 
 
-def wilcoxon_p(values: Sequence[float]) -> float:
-    """Two-sided Wilcoxon signed-rank p-value (scipy; exact permutation distribution for small
-    n, ties included; zeros dropped). All differences zero: 1.0 (no evidence of any
-    difference)."""
-    x = np.asarray(values, dtype=float)
-    if not np.any(x != 0):
-        return 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(st.wilcoxon(x).pvalue)
-
-
-def supported_mask(expect: Expect | str, mean, lo, hi, rope: float):
-    """Where the verdict is "supported" (scalars or numpy arrays of equal shape)."""
-    expect = Expect(expect)
-    if expect is Expect.GREATER:
-        return (lo > 0) & (mean > rope)
-    if expect is Expect.LESS:
-        return (hi < 0) & (mean < -rope)
-    return (lo > -rope) & (hi < rope)
-
-
-def refuted_mask(expect: Expect | str, mean, lo, hi, rope: float):
-    """Where the verdict is "refuted" (scalars or numpy arrays of equal shape)."""
-    expect = Expect(expect)
-    if expect is Expect.GREATER:
-        return hi < rope
-    if expect is Expect.LESS:
-        return lo > -rope
-    return (lo >= rope) | (hi <= -rope)
-
-
-def decide(expect: Expect | str, mean: float, ci: tuple[float, float], rope: float) -> Outcome:
-    """The verdict rules of the module docstring. Raises ValueError for an unknown
-    expectation. A NaN mean or interval end decides nothing (inconclusive)."""
-    lo, hi = ci
-    if any(math.isnan(v) for v in (mean, lo, hi)):
-        Expect(expect)
-        return Outcome.INCONCLUSIVE
-    if supported_mask(expect, mean, lo, hi, rope):
-        return Outcome.SUPPORTED
-    if refuted_mask(expect, mean, lo, hi, rope):
-        return Outcome.REFUTED
-    return Outcome.INCONCLUSIVE
-
-
-def _p_above(mean: float, se: float, df: float, threshold: float) -> float:
-    """2 x P(T >= t) for H0: d <= threshold (the two-sided-interval scale)."""
-    return min(1.0, 2 * float(st.t.sf((mean - threshold) / se, df)))
-
-
-def _p_below(mean: float, se: float, df: float, threshold: float) -> float:
-    """2 x P(T <= t) for H0: d >= threshold."""
-    return min(1.0, 2 * float(st.t.cdf((mean - threshold) / se, df)))
+def sign_flip_agreement(c: Comparison) -> str:
+    """Whether the sign-flip check agrees with the t's verdict, in words ("-" without it)."""
+    if c.check is None or c.verdict is Outcome.NO_VERDICT:
+        return "-"
+    if c.n < SIGN_FLIP_MIN_N:
+        return f"cannot decide below {SIGN_FLIP_MIN_N} seeds"
+    if c.check.verdict_sign_flip is c.verdict:
+        return "agrees"
+    return f"disagrees: {c.check.verdict_sign_flip}"
 
 
 def verdict_p_values(expect: Expect | str, mean: float, se: float, df: float,
-                     rope: float) -> tuple[float, float]:
-    """(p for "supported", p for "refuted"), each below 1 - CONFIDENCE exactly when the
-    t-interval with this mean, se and df gives that verdict's interval condition (see the
-    module docstring). NaN when se is not a positive finite number."""
+                     rope: float) -> dict[Outcome, float]:
+    """For each decisive verdict the claim can reach (`rules`), twice the one-sided t-test
+    p-value it rests on (the largest of its tests'): below 0.05 exactly when the t-interval
+    with this mean, se and df gives its condition. {} when se is not positive and finite."""
     if not (math.isfinite(se) and se > 0 and math.isfinite(mean)):
-        return (math.nan, math.nan)
-    expect = Expect(expect)
-    if expect is Expect.GREATER:
-        return (_p_above(mean, se, df, 0.0), _p_below(mean, se, df, rope))
-    if expect is Expect.LESS:
-        return (_p_below(mean, se, df, 0.0), _p_above(mean, se, df, -rope))
-    support = max(_p_above(mean, se, df, -rope), _p_below(mean, se, df, rope))
-    refute = min(_p_above(mean, se, df, rope), _p_below(mean, se, df, -rope))
-    return (support, refute)
+        return {}
+
+    def p(side: int, x: float) -> float:
+        t = (mean - x) / se
+        return min(1.0, 2 * float(st.t.sf(t, df) if side > 0 else st.t.cdf(t, df)))
+    return {o: max(p(s, x) for s, x in tests) for o, tests in rules(expect, rope)}
 
 
 def verdict_p_value(c: Comparison) -> float:
-    """The p-value the comparison's verdict rests on: the "supported" test's when supported,
-    the "refuted" test's when refuted, the smaller of the two otherwise; NaN without a spread
-    estimate or for NO_VERDICT."""
-    if c.verdict is Outcome.NO_VERDICT:
+    """The p-value the comparison's verdict rests on; the smallest of the decisive verdicts'
+    when inconclusive; NaN without a spread estimate or for NO_VERDICT."""
+    ps = verdict_p_values(c.expect, c.mean, c.se, c.df, c.rope)
+    if c.verdict is Outcome.NO_VERDICT or not ps:
         return math.nan
-    support, refute = verdict_p_values(c.expect, c.mean, c.se, c.df, c.rope)
-    if c.verdict is Outcome.SUPPORTED:
-        return support
-    if c.verdict is Outcome.REFUTED:
-        return refute
-    return min(support, refute)
+    return ps.get(c.verdict, min(ps.values()))
 
 
 def seeds_to_decide(expect: Expect | str, mean: float, sd: float, rope: float,
                     n_now: int) -> int | None:
-    """Smallest n whose t-interval (same mean and sd) would give a verdict; None if none up to
-    MAX_SEEDS_ESTIMATE would (e.g. a mean sitting exactly on the rope), and None when the
-    spread is unknown or zero (sd NaN or 0: no basis for an estimate)."""
+    """Smallest n whose t-interval (same mean and sd) would not be inconclusive; None if none
+    up to MAX_SEEDS_ESTIMATE would (a mean exactly on the rope), or without a spread."""
     if not (math.isfinite(sd) and sd > 0 and math.isfinite(mean)):
         return None
-    for n in range(max(n_now + 1, 2), MAX_SEEDS_ESTIMATE + 1):
-        half = st.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
-        if decide(expect, mean, (mean - half, mean + half), rope) is not Outcome.INCONCLUSIVE:
-            return n
-    return None
+    ns = np.arange(max(n_now + 1, 2), MAX_SEEDS_ESTIMATE + 1)
+    half = st.t.ppf(0.5 + CONFIDENCE / 2, ns - 1) * sd / np.sqrt(ns)
+    hit = np.flatnonzero(interval_verdicts(expect, mean - half, mean + half, rope)
+                         != _CODE[Outcome.INCONCLUSIVE])
+    return int(ns[hit[0]]) if len(hit) else None
+
+
+def pairing_efficiency(a, b, confidence: float = CONFIDENCE):
+    """Rows of two arms (shape (R, n)): (efficiency, low, high). With s = a + b and d = a - b,
+    efficiency = (var(a) + var(b)) / var(d) = (var(s) / var(d) + 1) / 2; for bivariate normal
+    arms of equal variance s and d are independent, so var(s) / var(d) over its true value is
+    F(n - 1, n - 1) (the Pitman-Morgan construction, 1939). NaN where not estimable."""
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    n = a.shape[1]
+    vd = (a - b).var(1, ddof=1)
+    ok = has_spread(a - b)
+    ratio = np.where(ok, (a + b).var(1, ddof=1) / np.where(ok, vd, 1.0), math.nan)
+    f_hi, f_lo = st.f.ppf([0.5 + confidence / 2, 0.5 - confidence / 2], n - 1, n - 1)
+    return (ratio + 1) / 2, (ratio / f_hi + 1) / 2, (ratio / f_lo + 1) / 2
 
 
 def pairing_gain(a: Sequence[float], b: Sequence[float]) -> PairingGain:
-    """Correlation of the arms over seeds and the variance the pairing removed (see
-    PairingGain). `a` and `b` are the two arms' values at the same seeds, in seed order."""
+    """Correlation of the arms over seeds and what the pairing bought (`PairingGain`). `a`
+    and `b` are the two arms' values at the same seeds, in seed order."""
     xa, xb = np.asarray(a, float), np.asarray(b, float)
-    n = len(xa)
-    nan = PairingGain(n, math.nan, math.nan, math.nan, math.nan, math.nan)
+    n, nan = len(xa), math.nan
     if n < PAIRING_MIN_N or len(xb) != n:
-        return nan
+        return PairingGain(n, nan, nan, nan, nan, (nan, nan), nan)
     va, vb = float(xa.var(ddof=1)), float(xb.var(ddof=1))
-    vd = float((xa - xb).var(ddof=1))
-    corr = float(np.corrcoef(xa, xb)[0, 1]) if va > 0 and vb > 0 else math.nan
-    if not has_spread(xa - xb):
-        return PairingGain(n, corr, vd, va + vb, math.nan, math.nan)
-    eff = (va + vb) / vd
-    return PairingGain(n, corr, vd, va + vb, eff, n * (eff - 1))
+    corr = float(np.corrcoef(xa, xb)[0, 1]) if has_spread(xa) and has_spread(xb) else nan
+    eff, lo, hi = (float(v[0]) for v in pairing_efficiency(xa, xb))
+    saved = n * (lo - 1) if lo > 1 else n * (hi - 1) if hi < 1 else nan
+    return PairingGain(n, corr, float((xa - xb).var(ddof=1)), va + vb, eff, (lo, hi), saved)
 
 
 def compare(a: Mapping[int, float], b: Mapping[int, float], expect: Expect | str,
@@ -292,11 +379,11 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], expect: Expect | str
         only = sorted(set(a) ^ set(b))
         if only:
             notes.append(f"seed(s) {_seeds(only)} ran on one side only and are left out")
-        c = _paired([a[s] for s in shared], [b[s] for s in shared], expect, rope)
+        c = _paired(shared, [a[s] for s in shared], [b[s] for s in shared], expect, rope)
     else:
-        c = _welch([a[s] for s in sorted(a)], [b[s] for s in sorted(b)], expect, rope)
+        c = _welch(a, b, expect, rope)
     if notes:
-        c = _with_note(c, "; ".join(notes))
+        c = replace(c, note="; ".join(x for x in (c.note, *notes) if x))
     return c
 
 
@@ -304,66 +391,61 @@ def _seeds(seeds: Sequence[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
-def _with_note(c: Comparison, note: str) -> Comparison:
-    from dataclasses import replace
-
-    return replace(c, note="; ".join(x for x in (c.note, note) if x))
-
-
-def _paired(va: list[float], vb: list[float], expect: Expect, rope: float) -> Comparison:
-    d = [x - y for x, y in zip(va, vb)]
-    n = len(d)
+def _paired(seeds: list[int], va: list[float], vb: list[float], expect: Expect,
+            rope: float) -> Comparison:
+    x = np.asarray(va, dtype=float) - np.asarray(vb, dtype=float)
+    n, d = len(x), [float(v) for v in np.asarray(va, float) - np.asarray(vb, float)]
     if n == 0:
         return Comparison(expect, rope, 0, math.nan, math.nan, NO_INTERVAL, math.nan,
                           Outcome.INCONCLUSIVE, note="no seed has both sides")
-    x = np.asarray(d, dtype=float)
     mean = float(x.mean())
     if n < 2:
         return Comparison(expect, rope, n, mean, math.nan, NO_INTERVAL, math.nan,
-                          Outcome.INCONCLUSIVE,
-                          note="too few seeds: one paired difference has no spread",
-                          differences=list(d))
-    sd = float(x.std(ddof=1))
-    p_w = wilcoxon_p(x) if n >= WILCOXON_MIN_N else None
-    gain = pairing_gain(va, vb)
+                          Outcome.INCONCLUSIVE, differences=d,
+                          note="too few seeds: one paired difference has no spread")
+    sd, gain, check = float(x.std(ddof=1)), pairing_gain(va, vb), skew_check(seeds, x, expect,
+                                                                            rope)
     if not has_spread(x):
         return Comparison(expect, rope, n, mean, 0.0, NO_INTERVAL, math.nan,
-                          Outcome.INCONCLUSIVE, True, None, p_w, None, None,
-                          f"no spread: all {n} paired differences are equal, so the spread "
-                          "over seeds cannot be estimated", list(d), pairing=gain)
-    se = sd / math.sqrt(n)
-    ci = t_interval(x)
-    verdict = decide(expect, mean, ci, rope)
-    p_t = float(st.ttest_1samp(x, 0.0).pvalue)
-    boot = bootstrap_interval(x) if n >= BOOTSTRAP_MIN_N else None
+                          Outcome.INCONCLUSIVE, differences=d, pairing=gain, check=check,
+                          note=f"no spread: all {n} paired differences are equal, so the "
+                               "spread over seeds cannot be estimated")
+    codes, lo, hi = t_verdicts(expect, x, rope)
+    verdict = OUTCOMES[int(codes[0])]
     needed = (seeds_to_decide(expect, mean, sd, rope, n)
               if verdict is Outcome.INCONCLUSIVE else None)
-    return Comparison(expect, rope, n, mean, sd, ci, p_t, verdict, True, boot, p_w, mean / sd,
-                      needed, "", list(d), se, float(n - 1), gain)
+    return Comparison(expect, rope, n, mean, sd, (float(lo[0]), float(hi[0])),
+                      float(st.ttest_1samp(x, 0.0).pvalue), verdict, True, mean / sd, needed,
+                      "", d, sd / math.sqrt(n), float(n - 1), gain, check)
 
 
-def _welch(a: list[float], b: list[float], expect: Expect, rope: float) -> Comparison:
-    xa, xb = np.asarray(a, float), np.asarray(b, float)
-    mean = float(xa.mean() - xb.mean()) if len(xa) and len(xb) else math.nan
+def _welch(a: Mapping[int, float], b: Mapping[int, float], expect: Expect,
+           rope: float) -> Comparison:
     note = "unpaired: the sides do not share their seeds, so Welch's t-test is used"
+    for s in set(a) & set(b):  # one shared seed: its two values are not independent
+        a, b = (a, {k: v for k, v in b.items() if k != s}) if len(b) >= len(a) else (
+            {k: v for k, v in a.items() if k != s}, b)
+        note += f"; seed {s}, the only one both sides ran, is kept on one side only"
+    xa, xb = np.asarray([a[s] for s in sorted(a)]), np.asarray([b[s] for s in sorted(b)])
+    mean = float(xa.mean() - xb.mean()) if len(xa) and len(xb) else math.nan
     n = min(len(xa), len(xb))
     if len(xa) < 2 or len(xb) < 2:
         return Comparison(expect, rope, n, mean, math.nan, NO_INTERVAL, math.nan,
                           Outcome.INCONCLUSIVE, paired=False,
                           note=note + "; too few runs on one side")
-    va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
-    pooled = math.sqrt((xa.var(ddof=1) + xb.var(ddof=1)) / 2)
-    if va + vb == 0:
+    if not (has_spread(xa) or has_spread(xb)):
         return Comparison(expect, rope, n, mean, 0.0, NO_INTERVAL, math.nan,
                           Outcome.INCONCLUSIVE, paired=False,
                           note=note + "; no spread: every run on each side has the same value")
+    va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
+    pooled = math.sqrt((xa.var(ddof=1) + xb.var(ddof=1)) / 2)
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1))
     half = st.t.ppf(0.5 + CONFIDENCE / 2, df) * se
-    ci = (mean - half, mean + half)
+    ci = (float(mean - half), float(mean + half))
     p = float(st.ttest_ind(xa, xb, equal_var=False).pvalue)
-    return Comparison(expect, rope, n, mean, pooled, ci, p, decide(expect, mean, ci, rope),
-                      paired=False, effect_dz=mean / pooled, note=note, se=se, df=float(df))
+    return Comparison(expect, rope, n, mean, pooled, ci, p, decide(expect, ci, rope),
+                      paired=False, effect_size=mean / pooled, note=note, se=se, df=float(df))
 
 
 @dataclass(frozen=True)

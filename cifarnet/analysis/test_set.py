@@ -1,4 +1,4 @@
-"""Two sources of uncertainty: the test set's, per seed, beside the seeds' own.
+"""The test set, per seed: McNemar's exact test and the test set's own standard error.
 
 The verdict over seeds asks whether the *training procedure* of a differs from b's on this test
 set. Per seed there is a second question: do the two trained networks differ on the test
@@ -7,13 +7,11 @@ images that a gets right and b wrong, n10 the reverse; under "no difference" eac
 image is a fair coin, so the exact p-value is the two-sided binomial test of n01 against
 n01 + n10 (statsmodels `mcnemar(..., exact=True)`).
 
-Which source dominates (Bouthillier et al. 2021, "Accounting for variance in machine learning
-benchmarks", separate data sampling from the other sources): the test-set standard error of
-one seed's accuracy difference d = (n01 - n10) / N is sqrt((n01 + n10) / N - d^2) / sqrt(N)
-(the paired-proportions standard error, McNemar's variance), averaged over seeds as a
-variance; the seed-to-seed standard deviation of d is the spread the verdict uses. When the
-test-set error is the larger, a larger test set would narrow the answer more than more seeds
-would; otherwise more seeds.
+Beside it, the test-set standard error of one seed's accuracy difference d = (n01 - n10) / N,
+sqrt((n01 + n10) / N - d^2) / sqrt(N) (McNemar's variance), root-mean-square over seeds: how far
+one pair's difference would move on a fresh test set of N images. It is not set against the
+spread over seeds to say "what would narrow the answer": when seed noise flips single test
+images at random, the two estimate the same quantity, so neither is the larger source.
 
 This module imports neither torch nor MLflow.
 """
@@ -49,14 +47,11 @@ class SeedTest:
 
 @dataclass(frozen=True)
 class TwoSources:
-    """Per hypothesis: the per-seed tests, the root-mean-square test-set standard error of a
-    seed's difference, the sd of the differences over seeds (NaN under 2 seeds), and which is
-    larger ("seeds" or "test set"; "" when not comparable)."""
+    """Per hypothesis: the per-seed tests and the root-mean-square test-set standard error of
+    a seed's difference."""
 
     tests: list[SeedTest]
     test_set_se: float
-    seed_sd: float
-    dominant: str
 
     @property
     def differing(self) -> int:
@@ -88,8 +83,4 @@ def two_sources(a: Mapping[int, tuple[np.ndarray, np.ndarray]],
     if not shared:
         return None
     tests = [mcnemar_seed(s, a[s][0], b[s][0], a[s][1]) for s in shared]
-    se = math.sqrt(float(np.mean([t.se ** 2 for t in tests])))
-    diffs = [t.diff for t in tests]
-    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
-    dominant = "" if math.isnan(sd) else ("test set" if se > sd else "seeds")
-    return TwoSources(tests, se, sd, dominant)
+    return TwoSources(tests, math.sqrt(float(np.mean([t.se ** 2 for t in tests]))))

@@ -6,7 +6,8 @@ Per hypothesis, beside the fixed-n verdict of `stats.compare`:
 - a metric no finished run logged gives NO_VERDICT (more seeds would not help);
 - the anytime-valid verdict (`sequential`), the one `--until-decided` stops on;
 - the Holm-adjusted p-value and verdict over the spec's hypotheses (`multiple`);
-- the pairing's gain (`stats.PairingGain`).
+- the pairing's gain (`stats.PairingGain`), the skew diagnostics and the sign-flip check
+  beside the t (`stats.SkewCheck`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from cifarnet.analysis.stats import (
     Comparison,
     Effect,
     Outcome,
+    PairingGain,
     compare,
     factorial_effects,
+    sign_flip_agreement,
     verdict_p_value,
 )
 from cifarnet.errors import UserError
@@ -386,7 +389,6 @@ def hypotheses_table(analysis: Analysis) -> pd.DataFrame:
     for v in analysis.verdicts:
         c, h = v.comparison, v.hypothesis
         scale = 100.0 if h.metric.endswith("_acc") else 1.0
-        g = c.pairing
         unit = ("epochs" if parse_time_to(h.metric) else "points" if scale == 100.0
                 else "nats" if h.metric.endswith("_loss") else "")
         rows.append({
@@ -394,10 +396,9 @@ def hypotheses_table(analysis: Analysis) -> pd.DataFrame:
             "a": v.a_cell, "b": v.b_cell,
             "expect": str(h.expect), "rope": h.rope * scale, "n": c.n,
             "mean_diff": c.mean * scale, "ci_low": c.ci[0] * scale, "ci_high": c.ci[1] * scale,
-            "boot_low": c.ci_bootstrap[0] * scale if c.ci_bootstrap else math.nan,
-            "boot_high": c.ci_bootstrap[1] * scale if c.ci_bootstrap else math.nan,
-            "p_t": c.p_t, "p_wilcoxon": c.p_wilcoxon if c.p_wilcoxon is not None else math.nan,
-            "effect_dz": c.effect_dz if c.effect_dz is not None else math.nan,
+            "p_t": c.p_t,
+            "effect_size": c.effect_size if c.effect_size is not None else math.nan,
+            "effect_size_name": c.effect_name,
             "verdict": str(v.outcome), "verdict_fixed_n": str(c.verdict),
             "seeds_added": " ".join(map(str, v.seeds_added)),
             "why_no_verdict": v.why_no_verdict, "paired": c.paired,
@@ -407,13 +408,42 @@ def hypotheses_table(analysis: Analysis) -> pd.DataFrame:
             "anytime_low": v.ci_anytime[0] * scale, "anytime_high": v.ci_anytime[1] * scale,
             "verdict_anytime": str(v.verdict_anytime),
             "a_did_not_learn": v.a_learning.label(), "b_did_not_learn": v.b_learning.label(),
-            "corr": g.corr if g else math.nan,
-            "var_paired": g.var_paired * scale ** 2 if g else math.nan,
-            "var_unpaired": g.var_unpaired * scale ** 2 if g else math.nan,
-            "pairing_efficiency": g.efficiency if g else math.nan,
-            "seeds_saved": g.seeds_saved if g else math.nan,
-            "note": c.note})
+            **_pairing_columns(c.pairing, scale), **_check_columns(c),
+            **_test_set_columns(analysis.test_set.get(h.id), scale), "note": c.note})
     return pd.DataFrame(rows)
+
+
+def _pairing_columns(g: PairingGain | None, scale: float) -> dict[str, float]:
+    nan = math.nan
+    return {"corr": g.corr if g else nan,
+            "var_paired": g.var_paired * scale ** 2 if g else nan,
+            "var_unpaired": g.var_unpaired * scale ** 2 if g else nan,
+            "pairing_efficiency": g.efficiency if g else nan,
+            "efficiency_low": g.efficiency_ci[0] if g else nan,
+            "efficiency_high": g.efficiency_ci[1] if g else nan,
+            "seeds_saved": g.seeds_saved if g else nan}
+
+
+def _check_columns(c: Comparison) -> dict[str, object]:
+    """The skew diagnostics and the sign-flip check beside the t (`stats.SkewCheck`)."""
+    k = c.check
+    return {"skewness": k.skewness if k else math.nan,
+            "furthest_seed": k.furthest_seed if k and k.furthest_seed is not None else "",
+            "furthest_sd": k.furthest_z if k else math.nan,
+            "p_sign_flip": k.p_sign_flip if k else math.nan,
+            "verdict_sign_flip": str(k.verdict_sign_flip) if k else "",
+            "sign_flip_vs_t": sign_flip_agreement(c)}
+
+
+def _test_set_columns(ts: TwoSources | None, scale: float) -> dict[str, object]:
+    """McNemar's test per seed (`analysis.test_set`), as the report shows it."""
+    if ts is None:
+        return {"mcnemar_seeds": 0, "mcnemar_differ": math.nan, "mcnemar_p": "",
+                "mcnemar_discordant": "", "test_set_se": math.nan}
+    return {"mcnemar_seeds": len(ts.tests), "mcnemar_differ": ts.differing,
+            "mcnemar_p": " ".join(f"{t.seed}:{t.p:.4g}" for t in ts.tests),
+            "mcnemar_discordant": " ".join(f"{t.seed}:{t.n01}/{t.n10}" for t in ts.tests),
+            "test_set_se": ts.test_set_se * scale}
 
 
 def effects_table(analysis: Analysis) -> pd.DataFrame:
