@@ -36,7 +36,7 @@ from scipy import stats as st
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
-from cifarnet.analysis.stats import CONFIDENCE, Outcome
+from cifarnet.analysis.stats import CONFIDENCE, Outcome, has_spread
 from cifarnet.spec.metrics import Expect
 
 POWER = 0.8
@@ -155,7 +155,7 @@ def pooled_paired_sd(rows: Iterable[tuple[str, str, int, float]]) -> tuple[float
             continue
         x = np.array([[cells[c][s] for s in shared] for c in usable])
         r = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + x.mean()
-        ss += 2 * float(np.sum(r ** 2))
+        ss += 2 * float(np.sum(r ** 2)) if has_spread(r.ravel()) else 0.0  # float noise
         df += (k - 1) * (n - 1)
         pairs += k * (k - 1) // 2
     if df == 0 or ss <= 0:
