@@ -305,7 +305,7 @@ def test_verdict_table_renders_markup_in_user_text_as_written() -> None:
     console = Console(record=True, width=200)
     console.print(verdict_table(analyze(spec, runs)))
     text = console.export_text()
-    assert "add [/] helps [bold]a lot" in text and "supported" in text
+    assert "add [/] helps [bold]a lot" in text and "a > b by more than the rope" in text
 
 
 def test_progress_lines_with_markup_do_not_crash() -> None:

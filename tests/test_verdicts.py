@@ -107,12 +107,12 @@ def test_one_arm_at_chance_is_a_real_effect() -> None:
     runs = fake_runs({A: {0: 0.200, 1: 0.220, 2: 0.190}, B: {0: 0.100, 1: 0.098, 2: 0.102}})
     an = analyze(SPEC, runs)
     h1, h2 = an.verdicts
-    assert h1.comparison.verdict == "supported" and h2.comparison.verdict == "refuted"
+    assert h1.comparison.verdict == h2.comparison.verdict == Outcome.GREATER_BEYOND_ROPE
     assert "b did not learn in 3 of 3 run(s)" in h1.comparison.note
     assert h1.a_learning.label() == "0/3"
     assert list(an.runs["did_not_learn"]) == [False] * 3 + [True] * 3
     rows = {r[0]: r for r in hypotheses_rows(an)[1]}
-    assert rows["H1"][-1] == "supported [b: 3/3 runs did not learn]"
+    assert rows["H1"][-1] == "a > b by more than the rope [b: 3/3 runs did not learn]"
 
 
 def test_runs_that_cannot_be_checked_are_not_flagged() -> None:
@@ -145,8 +145,9 @@ def test_holm_adjust_hand_checked() -> None:
     out = holm_adjust([0.01, 0.04, math.nan, 0.03])
     assert out[:2] == pytest.approx([0.04, 0.09]) and out[3] == pytest.approx(0.09)
     assert math.isnan(out[2]) and holm_adjust([]) == []
-    assert adjusted_verdict(Outcome.SUPPORTED, 0.06) == Outcome.INCONCLUSIVE
-    assert adjusted_verdict(Outcome.REFUTED, 0.01) == Outcome.REFUTED
+    assert adjusted_verdict(Outcome.GREATER_BEYOND_ROPE, 0.06) == Outcome.INCONCLUSIVE
+    assert adjusted_verdict(Outcome.NEGLIGIBLE, 0.01) == Outcome.NEGLIGIBLE
+    assert adjusted_verdict(Outcome.GREATER, 0.06) == Outcome.INCONCLUSIVE
     assert adjusted_verdict(Outcome.NO_VERDICT, math.nan) == Outcome.NO_VERDICT
 
 
@@ -176,9 +177,9 @@ def test_holm_does_not_collect_the_whole_heap() -> None:
         gc.unfreeze()
 
 
-def test_two_supported_hypotheses_do_not_survive_holm() -> None:
+def test_two_decisive_hypotheses_do_not_survive_holm() -> None:
     # both hypotheses see d = 0.02, 0.03, 0.04: raw p = 1 - sqrt(27/29) = 0.0351 each (see
-    # test_stats), supported; Holm with k = 2: 0.0702 for both, so inconclusive
+    # test_stats), beyond the rope 0; Holm with k = 2: 0.0702 for both, so inconclusive
     spec = parse_spec({
         "name": "two", "factors": {"train.lr": [0.05, 1e-6]}, "seeds": [0, 1, 2],
         "hypotheses": [{"id": i, "a": {"train.lr": 0.05}, "b": {"train.lr": 1e-6},
@@ -186,13 +187,15 @@ def test_two_supported_hypotheses_do_not_survive_holm() -> None:
     an = analyze(spec, fake_runs({A: {0: 0.52, 1: 0.53, 2: 0.54}, B: {0: 0.5, 1: 0.5, 2: 0.5}}))
     raw = 1 - math.sqrt(27 / 29)
     for v in an.verdicts:
-        assert v.comparison.verdict == "supported"
+        assert v.comparison.verdict == Outcome.GREATER_BEYOND_ROPE
         assert v.p_verdict == pytest.approx(raw, rel=1e-6)
         assert v.p_holm == pytest.approx(2 * raw, rel=1e-6)
         assert v.verdict_holm == "inconclusive"
     table = hypotheses_table(an)
     assert list(table["verdict_holm"]) == ["inconclusive"] * 2
-    assert {"p_holm", "verdict_anytime", "corr", "seeds_saved"} <= set(table.columns)
+    assert {"p_holm", "verdict_anytime", "corr", "seeds_saved", "efficiency_low", "skewness",
+            "furthest_seed", "p_sign_flip", "verdict_sign_flip", "sign_flip_vs_t",
+            "mcnemar_p"} <= set(table.columns)
 
 
 # --- what a report reports (issue 17, section 5) ---------------------------------------------
@@ -287,9 +290,9 @@ def test_a_grid_with_seeds_added_reads_the_anytime_verdict(tmp_path) -> None:
     """`--until-decided` adds seeds one at a time and stops at a verdict; the fixed-n
     t-interval looked at after each seed overclaims, so such a grid's verdict is the
     anytime-valid one. Here six seeds (3-5 added: their runs' tag, column seed_added) give a
-    fixed-n 'supported' that the confidence sequence does not: every place that shows the
-    verdict (the report's row and CSV, the terminal table, RESULTS.md's claim section and
-    summary, the plot's label) said 'supported' and now says 'inconclusive'; Holm's verdict is
+    fixed-n 'a > b, by less than the rope or an unknown amount' that the confidence sequence
+    does not: every place that shows the verdict (the report's row and CSV, the terminal
+    table, RESULTS.md's claim section and summary, the plot's label) says 'inconclusive'; Holm's verdict is
     n/a for it (its p enters the family as 1). The same values without the tag (seeds listed
     in the spec, whatever the spec says now) keep the fixed-n verdict."""
     from cifarnet.analysis.plots import plot_differences
@@ -301,25 +304,25 @@ def test_a_grid_with_seeds_added_reads_the_anytime_verdict(tmp_path) -> None:
     runs["seed_added"] = runs["seed"] >= 3
     an = analyze(SPEC, runs)
     v = an.verdicts[0]
-    assert v.comparison.verdict == Outcome.SUPPORTED  # the fixed-n interval alone
+    assert v.comparison.verdict == Outcome.GREATER  # the fixed-n interval alone
     assert v.verdict_anytime == Outcome.INCONCLUSIVE
     assert v.seeds_added == (3, 4, 5) and v.outcome == Outcome.INCONCLUSIVE
     assert v.verdict_holm == Outcome.NO_VERDICT and math.isnan(v.p_holm)
     row = hypotheses_table(an).set_index("id").loc["H1"]
     assert (row["verdict"], row["verdict_fixed_n"], row["seeds_added"], row["verdict_holm"]) == (
-        "inconclusive", "supported", "3 4 5", "n/a (seeds added)")
+        "inconclusive", Outcome.GREATER, "3 4 5", "n/a (seeds added)")
     assert math.isnan(row["seeds_needed"])  # a fixed-n figure, not offered here
     text = dict((r[0], r[-1]) for r in hypotheses_rows(an)[1])["H1"]
     assert text.startswith("inconclusive [anytime-valid: seeds 3 4 5 added by --until-decided; "
-                           "the fixed-n interval alone would say supported]"), text
+                           f"the fixed-n interval alone would say {Outcome.GREATER}]"), text
     assert agreement(v).startswith("undecided: the anytime-valid interval spans")
     page = "\n".join(claim_section(Claim("1", "lr_check", "H1", "words"), an, [], {}))
-    assert "| **inconclusive** |" in page and "| **supported** |" not in page
+    assert "| **inconclusive** |" in page and f"| **{Outcome.GREATER}** |" not in page
     lo, hi = (100 * x for x in v.ci_anytime)
     assert f"[{lo:+.2f}, {hi:+.2f}] (anytime)" in page  # the interval its verdict comes from
     assert "Seeds 3, 4, 5 were added one at a time by `--until-decided`" in page
-    assert "alone it would say supported" in page
+    assert f"alone it would say {Outcome.GREATER}" in page
     assert "a fixed design" in page and "needs about" in page
     assert plot_differences(an, tmp_path / "d.png").stat().st_size > 0
     untagged = analyze(parse_spec({**SPEC_RAW, "seeds": [0]}), fake_runs(values)).verdicts[0]
-    assert untagged.seeds_added == () and untagged.outcome == Outcome.SUPPORTED
+    assert untagged.seeds_added == () and untagged.outcome == Outcome.GREATER
