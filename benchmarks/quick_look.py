@@ -9,7 +9,7 @@
    of the grid itself (`run ... --workers N`, the command a user types; the decoded-image
    cache is warm, as after the first start).
 2. `benchmarks/specs/lr_sanity.yaml` at the same budget, 3 seeds: lr 0.05 against lr 1e-6.
-   "a > b" must come out supported and "a == b" (rope 0.01) refuted.
+   "a > b" must come out "a > b by more than the rope" and "a == b" (rope 0.01) the same.
 
 Prints each figure and appends them to BENCHMARKS.md unless --no-write.
 """

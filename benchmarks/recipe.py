@@ -12,7 +12,7 @@ working folder's store (so the default cell, the same config in every spec, trai
 seed and is reused by the others), then reads each grid back with the product's analysis and
 prints, per technique, both arms' mean test accuracy, the paired difference (technique -
 default) with its 95% interval, the verdict of "a > b" (rope 0.2 points) and the decision: kept
-when supported, dropped otherwise. Appends the table to BENCHMARKS.md unless --no-write.
+when "a > b by more than the rope", dropped otherwise. Appends the table to BENCHMARKS.md unless --no-write.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
 
     from cifarnet.analysis.report import analyze_grid
     from cifarnet.analysis.verdicts import hypotheses_table
+    from cifarnet.analysis.stats import Outcome
     from cifarnet.tracking.results import find_parent_run
     from cifarnet.workspace import Workspace
 
@@ -72,7 +73,7 @@ def main() -> None:
             f"| {a.spec.hypotheses[0].claim} | {row['n']} | "
             f"{v.loc[row['b'], 'final_acc_mean']:.4f} | {v.loc[row['a'], 'final_acc_mean']:.4f} | "
             f"{row['mean_diff']:+.2f} | [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] | "
-            f"{row['verdict']} | {'kept' if row['verdict'] == 'supported' else 'dropped'} | "
+            f"{row['verdict']} | {'kept' if row['verdict'] == Outcome.GREATER_BEYOND_ROPE else 'dropped'} | "
             f"{wall[spec.stem]:.0f} |")
     lines = [f"Data: {label}; {budget}; seeds as in each spec, paired (same train.seed); the "
              "default cell is one run per seed, shared by every spec (reused).", "", *lines]

@@ -3,7 +3,7 @@ is decided or a cell has `max_seeds` seeds. Each added seed is an ordinary job o
 (tracked, resumable, deduplicated).
 
 Looking after every seed and stopping at the first verdict is optional stopping: with the
-fixed-n 95% t-interval a null effect would be called "supported" in 8.7% of simulated
+fixed-n 95% t-interval a null effect would be shown "a > b" in 8.7% of simulated
 sequences (3 to 10 seeds; tests/test_sequential.py). So the stopping rule uses the anytime-valid verdict of
 `cifarnet.analysis.sequential`: Lai's (1976) confidence sequence for a normal mean with
 unknown variance, the normal-mixture boundary of Howard, Ramdas, McAuliffe & Sekhon (2021,
