@@ -13,6 +13,7 @@ from helpers import children, runs_df, search_spec, write, write_spec
 from cifarnet.ablation.adaptive import next_jobs, run_until_decided
 from cifarnet.spec.ablation import parse_spec
 from cifarnet.analysis.verdicts import analyze
+from cifarnet.analysis.stats import Outcome
 from cifarnet.cli.main import main
 from cifarnet.tracking.results import load_runs
 
@@ -76,6 +77,7 @@ def test_report_of_unknown_experiment_exits_2(ran_grid, monkeypatch) -> None:
     assert r.exit_code == 2 and r.stderr.startswith("error: --grid: empty;"), r.output
 
 
+GB = Outcome.GREATER_BEYOND_ROPE
 SPEC = parse_spec({
     "name": "adaptive", "factors": {"model.residual_add": [True, False],
                                     "model.dilation": [2, 1]},
@@ -102,10 +104,10 @@ def test_next_jobs_adds_one_seed_to_undecided_cells_only() -> None:
     # stop on (Lai's sequence excludes nothing before 4 seeds): one more seed
     clear = {a: {0: 0.85, 1: 0.851}, b: {0: 0.80, 1: 0.8005}}
     v = analyze(SPEC, fake_runs(clear)).verdicts[0]
-    assert v.comparison.verdict == "supported" and v.verdict_anytime == "inconclusive"
+    assert v.comparison.verdict == GB and v.verdict_anytime == "inconclusive"
     assert {j.seed for j in next_jobs(SPEC, analyze(SPEC, fake_runs(clear)), max_seeds=5)} == {2}
     clear = {a: {0: 0.85, 1: 0.851, 2: 0.849, 3: 0.8502}, b: {0: 0.80, 1: 0.8005, 2: 0.8, 3: 0.8}}
-    assert analyze(SPEC, fake_runs(clear)).verdicts[0].verdict_anytime == "supported"
+    assert analyze(SPEC, fake_runs(clear)).verdicts[0].verdict_anytime == GB
     assert next_jobs(SPEC, analyze(SPEC, fake_runs(clear)), max_seeds=5) == []
 
 
@@ -126,8 +128,8 @@ def test_run_until_decided_keeps_adding_seeds() -> None:
     assert len(batches[0]) == 8  # the whole grid at the listed seeds first
     assert all({j.cell.label for j in batch} == {a, b} for batch in batches[1:])
     assert [batch[0].seed for batch in batches[1:]] == list(range(2, 2 + len(batches) - 1))
-    assert final.verdicts[0].comparison.verdict == "supported"
-    assert final.verdicts[0].verdict_anytime == "supported"
+    assert final.verdicts[0].comparison.verdict == GB
+    assert final.verdicts[0].verdict_anytime == GB
     assert not math.isnan(final.verdicts[0].comparison.mean)
 
 
