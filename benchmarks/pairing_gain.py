@@ -8,7 +8,8 @@ Runs the shipped `dilation_add` spec with the given seeds and `--set` budget in 
 folder (a fresh store: nothing reused), then reads the report's pairing figures per
 hypothesis and for every pair of cells: the correlation of the two arms over seeds, var(a - b)
 against var(a) + var(b), their ratio (how many times the seeds an unpaired design would need
-for the same precision) and the seeds the pairing saved. Prints them and appends them to
+for the same precision) with its 95% interval, and the seeds the pairing saved at least, only
+where that interval excludes 1. Prints them and appends them to
 BENCHMARKS.md unless --no-write.
 """
 
@@ -64,9 +65,9 @@ def main() -> None:
              f"budget {' '.join(args.assignments) or 'the spec default'}; the grid took "
              f"{wall:.0f} s. Test accuracy in points; var in squared points; ratio = "
              "var(a) + var(b) over var(a - b) (an unpaired design needs that many times the "
-             "seeds); saved = seeds x (ratio - 1).", "",
-             "| pair | corr | var(a - b) | var(a) + var(b) | ratio | seeds saved |",
-             "|---|---|---|---|---|---|"]
+             "seeds); saved = seeds x (low - 1).", "",
+             "| pair | corr | var(a - b) | var(a) + var(b) | ratio | 95% interval | seeds saved "
+             "(at least; only where the interval excludes 1) |", "|---|---|---|---|---|---|---|"]
     ratios = []
     runs = analysis.runs
     cells = sorted(set(runs["cell"]))
@@ -78,7 +79,8 @@ def main() -> None:
         hyp = [v.hypothesis.id for v in analysis.verdicts if {v.a_cell, v.b_cell} == {a, b}]
         label = f"{a} vs {b}" + (f" ({hyp[0]})" if hyp else "")
         lines.append(f"| {label} | {g.corr:+.2f} | {g.var_paired:.3f} | {g.var_unpaired:.3f} | "
-                     f"{g.efficiency:.2f} | {g.seeds_saved:+.1f} |")
+                     f"{g.efficiency:.2f} | [{g.efficiency_ci[0]:.2f}, {g.efficiency_ci[1]:.2f}] | "
+                     + ("-" if g.seeds_saved != g.seeds_saved else f"{g.seeds_saved:+.1f}") + " |")
     finite = [r for r in ratios if r == r]
     if finite:
         lines += ["", f"Median ratio over the {len(finite)} pairs: "

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import runs_df, write_spec
-from scipy import stats as st
 
 from cifarnet.analysis.power import (
     DEFAULT_SD,
