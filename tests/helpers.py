@@ -69,8 +69,35 @@ def shared_tree_or_skip() -> Path:
 EXE = str(Path(sys.executable).with_name("cifarnet-exp"))
 
 
+_TEMPLATE: list[Path] = []
+
+
+def seed_store(folder: Path) -> None:
+    """Put a migrated, empty MLflow store at `folder/mlruns/mlflow.db` unless one is there:
+    a copy of one that the product made (`init_tracking_store`) once in this session.
+    MLflow migrates a new SQLite store in about 2.7 s; tests of a store's first start make
+    theirs from nothing (`write_spec(..., store=False)`)."""
+    import shutil
+    import tempfile
+
+    from cifarnet.tracking.startup import init_tracking_store
+
+    target = folder / "mlruns" / "mlflow.db"
+    if target.exists():
+        return
+    if not _TEMPLATE:
+        made = Path(tempfile.mkdtemp(prefix="cifarnet-store-template-")) / "mlflow.db"
+        init_tracking_store(f"sqlite:///{made}")
+        _TEMPLATE.append(made)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATE[0], target)
+
+
 def write_spec(folder: Path, tree: Path, *, name: str = "tiny", epochs: int = 1,
-               factors: dict | None = None, seeds: list[int] | None = None) -> Path:
+               factors: dict | None = None, seeds: list[int] | None = None,
+               store: bool = True) -> Path:
+    """A tiny grid's spec in `folder` (and, with `store`, a migrated empty store beside it,
+    `seed_store`)."""
     spec = {
         "name": name,
         "description": "a tiny grid for tests",
@@ -85,6 +112,8 @@ def write_spec(folder: Path, tree: Path, *, name: str = "tiny", epochs: int = 1,
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
+    if store:
+        seed_store(folder)
     return path
 
 

@@ -38,7 +38,7 @@ def test_a_disk_that_fills_mid_grid_stops_the_command_and_the_rerun_finishes(tmp
     the folder, exit 2, no run FAILED; with space again, the rerun finishes every run."""
     tree = make_tree(tmp_path / "data", per_class_train=40, per_class_test=5)
     with small_tmpfs(tmp_path / "small", "6m") as small:
-        spec = write_spec(small, tree, epochs=2, seeds=[0, 1, 2],
+        spec = write_spec(small, tree, epochs=2, seeds=[0, 1, 2], store=False,
                           factors={"model.dilation": [1, 2], "model.residual_add": [True, False]})
         r = subprocess.run([EXE, "run", str(spec)], cwd=small, env=_env(), capture_output=True,
                            text=True, timeout=600)
@@ -69,7 +69,7 @@ def test_a_file_size_limit_at_the_first_start_leaves_no_half_made_store(tiny_tre
     """`(ulimit -f 600; cifarnet-exp run s.yaml)`: one line and exit 2, but every later run
     failed with `table _alembic_tmp_experiments already exists`: the store was left
     half-migrated for ever. A new store is made aside and renamed into place."""
-    spec = write_spec(tmp_path, tiny_tree, seeds=[0])
+    spec = write_spec(tmp_path, tiny_tree, seeds=[0], store=False)
 
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (300 * 1024, resource.RLIM_INFINITY))

@@ -35,6 +35,42 @@ def test_the_probe_times_real_steps_and_writes_nothing(tiny_tree, tmp_path) -> N
     assert not any(tmp_path.iterdir())  # no run folder, no checkpoint
 
 
+def test_a_probe_is_kept_per_cost_and_measured_again_when_its_file_is_damaged(
+        tiny_tree, tmp_path, monkeypatch) -> None:
+    """The second probe of a configuration that costs the same (another seed, learning rate
+    or run folder) is the kept figure; another network is probed; a damaged or unwritable
+    kept file is measured again, never an error."""
+    import cifarnet.training.probe as probe_module
+
+    monkeypatch.setenv("CIFARNET_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(tiny_tree, tmp_path)
+    data = load_data(cfg.data)
+    calls = []
+
+    def counted(c, d):
+        calls.append(c)
+        return RunCost(0.25 * len(calls), 0.001, *probe_module.sizes(c, d))
+
+    monkeypatch.setattr(probe_module, "probe", counted)
+    first = probe_module.remembered_probe(cfg, data)
+    same = cfg.replace({"train.seed": 7, "train.lr": 0.05, "train.out_dir": str(tmp_path / "x")})
+    assert probe_module.remembered_probe(same, data) == first and len(calls) == 1
+    other = probe_module.remembered_probe(cfg.replace({"model.dilation": 1}), data)
+    assert other.step_s == 0.5 and len(calls) == 2
+    kept = list((tmp_path / "cache").glob("probe-*.json"))
+    assert len(kept) == 2
+    for f in kept:
+        f.write_text("{not json")
+    assert probe_module.remembered_probe(cfg, data).step_s == 0.75  # measured again
+    (tmp_path / "cache").chmod(0o500)
+    try:
+        for f in (tmp_path / "cache").glob("probe-*.json"):
+            f.chmod(0o400)
+        assert probe_module.remembered_probe(cfg, data).step_s == 0.75  # read, not written
+    finally:
+        (tmp_path / "cache").chmod(0o700)
+
+
 def _predicted(output: str, workers: int = 2) -> tuple[int, int]:
     m = re.search(r"predicted: (\d+) run\(s\) to train \((\d+) already done or reusable\), "
                   rf"\d+:\d\d:\d\d \(h:mm:ss\) with --workers {workers} on this machine", output)
@@ -45,7 +81,7 @@ def _predicted(output: str, workers: int = 2) -> tuple[int, int]:
 @pytest.mark.slow
 def test_dry_run_predicts_the_time_of_what_is_left(tiny_tree, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    spec = write_spec(tmp_path, tiny_tree, epochs=1, seeds=[0])
+    spec = write_spec(tmp_path, tiny_tree, epochs=1, seeds=[0], store=False)
     r = CliRunner().invoke(main, ["run", str(spec), "--dry-run", "--workers", "2"])
     assert r.exit_code == 0, r.output
     assert _predicted(r.output) == (2, 0)
@@ -88,7 +124,8 @@ def test_the_grid_estimate_adds_start_up_and_per_run_costs(tiny_tree, tmp_path, 
     from cifarnet.data.datasets import preload_data
 
     assert RUN_OVERHEAD_S == 1.0
-    monkeypatch.setattr(probe_module, "probe", lambda cfg, data: RunCost(1.0, 0.0, 10, 0))
+    monkeypatch.setattr(probe_module, "remembered_probe",
+                        lambda cfg, data: RunCost(1.0, 0.0, 10, 0))
     spec = load_spec(write_spec(tmp_path, tiny_tree, epochs=3, seeds=[0, 1]))
     jobs = spec.jobs()
     data = preload_data(j.config.data for j in jobs)

@@ -125,7 +125,7 @@ def _power_line(output: str) -> str:
 def test_dry_run_prints_power_from_the_default_then_from_an_earlier_grid(
         tiny_tree, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    spec = write_spec(tmp_path, tiny_tree, epochs=1, seeds=[0, 1, 2])
+    spec = write_spec(tmp_path, tiny_tree, epochs=1, seeds=[0, 1, 2], store=False)
     r = CliRunner().invoke(main, ["run", str(spec), "--dry-run"])
     assert r.exit_code == 0, r.output
     line = _power_line(r.output)

@@ -141,7 +141,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(ran_grid, tiny_tree, t
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("not a folder")
     data = ["--data", str(tiny_tree), "--set", "train.epochs=1"]
-    spec = write_spec(tmp_path, tiny_tree)
+    spec = write_spec(tmp_path, tiny_tree, store=False)
     search = write(tmp_path, search_spec(tiny_tree, tmp_path))
     cases = [(["train", *data, "--run-dir", "afile/run"], "--run-dir", "afile/run"),
              (["train", *data, "--set", "train.out_dir=afile/runs"], "train.out_dir",

@@ -222,7 +222,7 @@ def test_tracking_server_topology(tiny_tree, tmp_path, pg_database) -> None:
                 return False
         _wait_for(healthy, timeout=90)
         uri = f"http://127.0.0.1:{port}"
-        spec = write_spec(tmp_path, tiny_tree, seeds=[0])
+        spec = write_spec(tmp_path, tiny_tree, seeds=[0], store=False)
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
         done = subprocess.run([EXE, "run", str(spec)],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

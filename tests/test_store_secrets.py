@@ -136,7 +136,7 @@ def test_unreachable_or_malformed_stores_are_one_line_without_the_password(
     """An MLflow server that does not answer hung `run` for minutes and then printed
     tracebacks holding the URL and its password; a raw '@' in a password leaked the part
     after it as a host name."""
-    spec = str(write_spec(tmp_path, tiny_tree))
+    spec = str(write_spec(tmp_path, tiny_tree, store=False))
     r = run(tmp_path, "run", spec, *args, env=env)
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")

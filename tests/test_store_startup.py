@@ -118,7 +118,7 @@ def test_three_launchers_of_one_grid_on_a_fresh_mlflow_store(tiny_tree, tmp_path
     spec_folder = tmp_path / "spec"
     spec_folder.mkdir()
     spec = write_spec(spec_folder, tiny_tree, factors={"model.residual_add": [True]},
-                      seeds=[0, 1])
+                      seeds=[0, 1], store=False)
     preload_data(j.config.data for j in load_spec(spec).jobs())  # decoded once, cached
     for r in range(ROUNDS):
         folder = tmp_path / f"round{r}"
@@ -149,7 +149,7 @@ def test_two_runs_0_2_s_apart_in_an_empty_folder(tiny_tree, tmp_path) -> None:
     spec_folder = tmp_path / "spec"
     spec_folder.mkdir()
     spec = write_spec(spec_folder, tiny_tree, factors={"model.residual_add": [True]},
-                      seeds=[0, 1])
+                      seeds=[0, 1], store=False)
     preload_data(j.config.data for j in load_spec(spec).jobs())
     for r in range(3):
         folder = tmp_path / f"try{r}"

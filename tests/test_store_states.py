@@ -65,7 +65,7 @@ def test_values_past_the_store_limits_are_refused_before_any_write(tiny_tree, tm
     import yaml
 
     monkeypatch.chdir(tmp_path)
-    spec = write_spec(tmp_path, tiny_tree, seeds=[0])
+    spec = write_spec(tmp_path, tiny_tree, seeds=[0], store=False)
     raw = yaml.safe_load(spec.read_text())
     raw["description"] = "x" * 9240
     spec.write_text(yaml.safe_dump(raw))

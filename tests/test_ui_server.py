@@ -65,7 +65,8 @@ def test_a_port_in_use_is_refused_in_one_line_and_nothing_is_written(tmp_path,
 def test_a_new_store_leaves_no_library_log_lines(tiny_tree, tmp_path) -> None:
     """MLflow logs "Creating initial MLflow database tables..." (and alembic its migration
     steps) at INFO when it makes a store: not in the command's output."""
-    spec = write_spec(tmp_path, tiny_tree, factors={"model.residual_add": [True]}, seeds=[0])
+    spec = write_spec(tmp_path, tiny_tree, factors={"model.residual_add": [True]}, seeds=[0],
+                      store=False)
     r = subprocess.run([EXE, "run", str(spec)], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr

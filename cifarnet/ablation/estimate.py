@@ -6,7 +6,8 @@
     estimate.line()   # "predicted: 12 run(s) to train (0 already done or reusable), ..."
 
 Each distinct cell's configuration is timed by `training.probe` (a few real training steps
-and evaluation batches, at the threads a worker will have); a run is predicted as its epochs
+and evaluation batches, at the threads a worker will have; a figure kept from an earlier
+probe of the same cost is reused, `remembered_probe`); a run is predicted as its epochs
 x the probe's seconds per epoch, plus `RUN_OVERHEAD_S` (its MLflow run, params, per-epoch
 checkpoint and metrics). The runs' wall time at N workers is the larger of their summed time
 / N and the longest run (runs are not split between workers). To that the fixed costs are
@@ -77,7 +78,7 @@ def estimate_grid(jobs: list[Job], data: dict[tuple, Dataset], workers: int, thr
     once more for the workers' own start when `workers` > 1."""
     import torch
 
-    from cifarnet.training.probe import probe
+    from cifarnet.training.probe import remembered_probe
 
     todo = [j for j in jobs if j.config_hash not in covered]
     before = torch.get_num_threads()
@@ -87,7 +88,7 @@ def estimate_grid(jobs: list[Job], data: dict[tuple, Dataset], workers: int, thr
         costs: dict[str, Any] = {}
         for j in todo:
             if j.cell.label not in costs:
-                costs[j.cell.label] = probe(j.config, data[data_key(j.config.data)])
+                costs[j.cell.label] = remembered_probe(j.config, data[data_key(j.config.data)])
     finally:
         torch.set_num_threads(before)
     probe_s = time.perf_counter() - probe_start
