@@ -194,3 +194,14 @@ def test_a_signal_after_the_last_run_still_stops_the_command(monkeypatch, tmp_pa
                                                         else [])])
     assert r.exit_code == 128 + signal.SIGINT, r.output
     assert r.stderr.strip().splitlines()[-1] == f"interrupted: {what}"
+
+
+def test_set_with_a_space_is_one_line_that_says_key_equals_value(tmp_path) -> None:
+    """`--set train.lr 0.05` left click's bare "unexpected extra argument (0.05)"."""
+    r = invoke("run", "dilation_add", "--set", "train.lr", "0.05", "--dry-run")
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        "error: Got unexpected extra argument (0.05) (--set takes KEY=VALUE as one word, "
+        "e.g. --set train.lr=0.05)"]
+    plain = invoke("summary", "extra")
+    assert plain.exit_code == 2 and "--set takes" not in plain.output

@@ -142,3 +142,15 @@ def test_hours_are_not_folded_into_days() -> None:
 
     assert hms(31 * 3600 + 3 * 60 + 26) == "31:03:26"  # timedelta printed "1 day, 7:03:26"
     assert hms(59.6) == "0:01:00" and hms(-1) == "0:00:00"
+
+
+def test_a_dry_run_whose_data_is_missing_is_refused_naming_the_key(tmp_path,
+                                                                    monkeypatch) -> None:
+    """It printed "predicted time: none" and exit 0; the run itself would fail on it."""
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, tmp_path / "no-such-data", store=False)
+    r = CliRunner().invoke(main, ["run", str(spec), "--dry-run"])
+    assert r.exit_code == 2, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no-such-data" in last and "data.path" in last
+    assert not (tmp_path / "mlruns").exists()

@@ -64,13 +64,11 @@ def grid_table(spec: Any, jobs: list[Any]) -> str:
 def dry_run_estimate(spec: Any, jobs: list[Any], workers: int, workspace: Any,
                       reuse: bool) -> str:
     """The grid's predicted wall time on this machine at `workers` workers
-    (`ablation.estimate`), or why there is none; read-only."""
+    (`ablation.estimate`); read-only. Data that cannot be loaded here raises its DataError
+    (one line, exit 2): the run would fail on it too."""
     from cifarnet.data.datasets import preload_data
 
-    try:
-        data = preload_data(j.config.data for j in jobs)
-    except UserError as exc:
-        return f"predicted time: none (the data cannot be loaded here: {exc})"
+    data = preload_data(j.config.data for j in jobs)
     from cifarnet.ablation.estimate import hms
 
     if spec.tune is None:

@@ -94,7 +94,9 @@ class OneLineErrors(click.Group):
             click.echo(exc.ctx.get_help() if exc.ctx else "")
             sys.exit(0)
         except click.UsageError as exc:
-            click.echo(f"error: {one_line(exc.format_message())}", err=True)
+            argv = list(kwargs.get("args") or (args[0] if args else sys.argv[1:]) or [])
+            click.echo(f"error: {one_line(exc.format_message())}{set_hint(exc, argv)}",
+                       err=True)
             sys.exit(2)
         except click.ClickException as exc:
             exc.show()
@@ -122,6 +124,14 @@ def _given_storage(ctx: click.Context, param: click.Parameter, value: str | None
         raise click.BadParameter("an empty URL; give one, or leave it out for the default "
                                  "storage (mlruns/optuna.db)", param_hint=key)
     return value
+
+
+def set_hint(exc: click.UsageError, argv: list[str]) -> str:
+    """`--set train.lr 0.05` leaves `0.05` as an extra argument: say that --set takes one
+    word."""
+    if "unexpected extra argument" in exc.format_message() and "--set" in argv:
+        return " (--set takes KEY=VALUE as one word, e.g. --set train.lr=0.05)"
+    return ""
 
 
 def interrupted(request: Any, what: str) -> NoReturn:
