@@ -64,11 +64,17 @@ def grid_table(spec: Any, jobs: list[Any]) -> str:
 def dry_run_estimate(spec: Any, jobs: list[Any], workers: int, workspace: Any,
                       reuse: bool) -> str:
     """The grid's predicted wall time on this machine at `workers` workers
-    (`ablation.estimate`); read-only. Data that cannot be loaded here raises its DataError
-    (one line, exit 2): the run would fail on it too."""
-    from cifarnet.data.datasets import preload_data
+    (`ablation.estimate`); read-only. An image folder that cannot be read raises its
+    DataError (one line, exit 2: the run would fail on it too); CIFAR-10 that cannot be
+    downloaded here (offline) gives no prediction, the rest of the dry run still shown."""
+    from cifarnet.data.datasets import preload_data, resolve_source
 
-    data = preload_data(j.config.data for j in jobs)
+    try:
+        data = preload_data(j.config.data for j in jobs)
+    except UserError as exc:
+        if any(resolve_source(j.config.data)[0] == "imagefolder" for j in jobs):
+            raise
+        return f"predicted time: none (the data cannot be loaded here: {exc})"
     from cifarnet.ablation.estimate import hms
 
     if spec.tune is None:
