@@ -39,7 +39,7 @@ def test_a_probe_is_kept_per_cost_and_measured_again_when_its_file_is_damaged(
         tiny_tree, tmp_path, monkeypatch) -> None:
     """The second probe of a configuration that costs the same (another seed, learning rate
     or run folder) is the kept figure; another network is probed; a damaged or unwritable
-    kept file is measured again, never an error."""
+    kept file, or one kept longer than KEEP_S, is measured again, never an error."""
     import cifarnet.training.probe as probe_module
 
     monkeypatch.setenv("CIFARNET_CACHE", str(tmp_path / "cache"))
@@ -62,11 +62,17 @@ def test_a_probe_is_kept_per_cost_and_measured_again_when_its_file_is_damaged(
     for f in kept:
         f.write_text("{not json")
     assert probe_module.remembered_probe(cfg, data).step_s == 0.75  # measured again
+    import os
+
+    for f in (tmp_path / "cache").glob("probe-*.json"):  # kept longer than KEEP_S
+        os.utime(f, (0, 0))
+    assert probe_module.remembered_probe(cfg, data).step_s == 1.0  # measured again
+    assert probe_module.remembered_probe(cfg, data).step_s == 1.0  # and kept
     (tmp_path / "cache").chmod(0o500)
     try:
         for f in (tmp_path / "cache").glob("probe-*.json"):
             f.chmod(0o400)
-        assert probe_module.remembered_probe(cfg, data).step_s == 0.75  # read, not written
+        assert probe_module.remembered_probe(cfg, data).step_s == 1.0  # read, not written
     finally:
         (tmp_path / "cache").chmod(0o700)
 

@@ -15,7 +15,7 @@ loading: seconds) nor the tracking store's writes (milliseconds per epoch).
 step's cost (the configuration less its seed, epochs, optimiser values and paths; the data;
 threads; device; CPU; torch), so a rerun, a resumed grid or cells that differ only in a
 learning rate predict in milliseconds. A kept figure is this machine's at the time it was
-measured: delete `<cache>/probe-*.json` to measure again.
+measured, load included: it is used for `KEEP_S` (an hour) and then measured again.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def sizes(cfg: RunConfig, data: Dataset) -> tuple[int, int]:
     return steps_per_epoch(len(data.train), t.batch_size), eval_images
 
 
+KEEP_S = 3600.0  # a kept probe's life, seconds: a figure taken on a busy machine passes
+
 # keys whose value does not change what a training step or an evaluated image costs
 COST_FREE = frozenset({"train.seed", "train.epochs", "train.out_dir", "train.lr",
                        "train.momentum", "train.weight_decay", "train.warmup_frac",
@@ -117,9 +119,11 @@ def remembered_probe(cfg: RunConfig, data: Dataset) -> RunCost:
     folder = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
     path = folder / f"probe-{probe_key(cfg, data)}.json"
     try:
+        if time.time() - path.stat().st_mtime > KEEP_S:
+            raise ValueError("kept too long")
         kept = json.loads(path.read_text())
         return RunCost(float(kept["step_s"]), float(kept["eval_image_s"]), *sizes(cfg, data))
-    except (OSError, ValueError, KeyError, TypeError):  # none kept yet, or a damaged file
+    except (OSError, ValueError, KeyError, TypeError):  # none kept, too old, or damaged
         pass
     cost = probe(cfg, data)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
