@@ -155,3 +155,26 @@ def test_dry_run_prints_power_from_the_default_then_from_an_earlier_grid(
     other = write_spec(tmp_path, tiny_tree, name="other", epochs=2, seeds=[0, 1, 2])
     assert "documented default" in _power_line(
         CliRunner().invoke(main, ["run", str(other), "--dry-run"]).output)
+
+
+def test_equivalence_power_holds_where_the_rope_is_wide_against_the_spread() -> None:
+    """The integral over the sample variance ran to df (r/sd)^2 / t^2: with r 50 sd quad
+    missed chi2's mass and gave power 0 at 50 seeds while 10 gave 1, and "more than 1000
+    seeds" where 2 do."""
+    from cifarnet.analysis.power import decisive_power, seeds_for_rope
+    from cifarnet.spec.metrics import Expect
+
+    assert decisive_power(Expect.EQUAL, 1.0, 50.0, 50) == pytest.approx(1.0)
+    assert decisive_power(Expect.EQUAL, 1.0, 1000.0, 5) == pytest.approx(1.0)
+    assert seeds_for_rope(Expect.EQUAL, 1.0, 1e6) == 2
+    powers = [decisive_power(Expect.EQUAL, 1.0, 3.0, n) for n in range(2, 80)]
+    assert all(b >= a - 1e-9 for a, b in zip(powers, powers[1:]))
+
+
+def test_a_pairing_whose_sum_has_no_spread_has_no_interval() -> None:
+    """var(a + b) = 0 made the F interval a point, (0.5, 0.5): certainty from 4 seeds."""
+    from cifarnet.analysis.stats import pairing_gain
+
+    g = pairing_gain([.8, .81, .82, .83], [.7, .69, .68, .67])
+    assert math.isnan(g.efficiency) and all(map(math.isnan, g.efficiency_ci))
+    assert math.isnan(g.seeds_saved)

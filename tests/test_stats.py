@@ -354,3 +354,11 @@ def test_pure_statistics_import_neither_torch_nor_mlflow() -> None:
             "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("rope", [-0.5, math.nan, math.inf])
+def test_a_rope_that_is_not_a_finite_number_at_least_0_is_refused(rope) -> None:
+    """A negative rope said "a > b by more than the rope" of a mean of 0 (p = 1)."""
+    a = {i: .8 + .01 * (i % 2) - .005 for i in range(6)}
+    with pytest.raises(ValueError, match="rope"):
+        compare(a, {i: .8 for i in range(6)}, "a > b", rope)

@@ -113,7 +113,11 @@ def decisive_power(expect: Expect, sd: float, rope: float, n: int,
 
     def inside(v: float) -> float:  # P(|mean| + half-width < r | sample variance v sd^2/df)
         return (2 * st.norm.cdf(margin - t * math.sqrt(v / df)) - 1) * st.chi2.pdf(v, df)
-    return float(quad(inside, 0, df * (margin / t) ** 2, limit=200)[0])
+    # past chi2's far tail the integrand is nil: a wide range would hide the mass from quad
+    upper = min(df * (margin / t) ** 2, st.chi2.isf(1e-15, df))
+    mode = max(df - 2.0, 0.0)
+    return float(quad(inside, 0, upper, points=[mode] if 0 < mode < upper else None,
+                      limit=200)[0])
 
 
 def seeds_for_rope(expect: Expect, sd: float, rope: float, power: float = POWER,
@@ -129,7 +133,10 @@ def seeds_for_rope(expect: Expect, sd: float, rope: float, power: float = POWER,
 
 
 def plan(expect: Expect, rope: float, n: int, spread: Spread, power: float = POWER) -> PowerPlan:
-    """The power figures of one hypothesis at `n` planned seeds."""
+    """The power figures of one hypothesis at `n` planned seeds; ValueError for a rope that
+    is not a finite number >= 0 or a power outside (0.025, 1)."""
+    if not (math.isfinite(rope) and rope >= 0 and 0.025 < power < 1):
+        raise ValueError(f"rope {rope!r} / power {power!r}: out of range")
     return PowerPlan(n, minimum_detectable_effect(spread.sd, n, rope, power, expect=expect),
                      seeds_for_rope(expect, spread.sd, rope, power), power, spread)
 

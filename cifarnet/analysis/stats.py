@@ -334,11 +334,12 @@ def pairing_efficiency(a, b, confidence: float = CONFIDENCE):
     """Rows of two arms (shape (R, n)): (efficiency, low, high). With s = a + b and d = a - b,
     efficiency = (var(a) + var(b)) / var(d) = (var(s) / var(d) + 1) / 2; for bivariate normal
     arms of equal variance s and d are independent, so var(s) / var(d) over its true value is
-    F(n - 1, n - 1) (the Pitman-Morgan construction, 1939). NaN where not estimable."""
+    F(n - 1, n - 1) (the Pitman-Morgan construction, 1939). NaN where not estimable (no spread
+    in a - b or in a + b)."""
     a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
     n = a.shape[1]
     vd = (a - b).var(1, ddof=1)
-    ok = has_spread(a - b)
+    ok = has_spread(a - b) & has_spread(a + b)  # a zero-width interval would claim certainty
     ratio = np.where(ok, (a + b).var(1, ddof=1) / np.where(ok, vd, 1.0), math.nan)
     f_hi, f_lo = st.f.ppf([0.5 + confidence / 2, 0.5 - confidence / 2], n - 1, n - 1)
     return (ratio + 1) / 2, (ratio / f_hi + 1) / 2, (ratio / f_lo + 1) / 2
@@ -367,6 +368,8 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], expect: Expect | str
     same seeds; Welch's unpaired test otherwise. Raises ValueError for an unknown expectation.
     """
     expect = Expect(expect)
+    if not (math.isfinite(rope) and rope >= 0):  # the rules assume one; specs check it too
+        raise ValueError(f"rope: expected a finite number >= 0, got {rope!r}")
     notes = []
     bad = sorted({s for s, v in {**a, **b}.items()
                   if not math.isfinite(a.get(s, 0.0)) or not math.isfinite(b.get(s, 0.0))})
