@@ -178,3 +178,16 @@ def test_a_pairing_whose_sum_has_no_spread_has_no_interval() -> None:
     g = pairing_gain([.8, .81, .82, .83], [.7, .69, .68, .67])
     assert math.isnan(g.efficiency) and all(map(math.isnan, g.efficiency_ci))
     assert math.isnan(g.seeds_saved)
+
+
+def test_power_without_spread_or_below_the_tests_level_is_undefined_not_a_crash() -> None:
+    """sd 0 raised ZeroDivisionError; a power of 1% raised brentq's sign error."""
+    from cifarnet.analysis.power import (beyond_rope_power, decisive_power,
+                                         minimum_detectable_effect)
+    from cifarnet.spec.metrics import Expect
+
+    assert math.isnan(beyond_rope_power(0.01, 0.0, 0.0, 5))
+    assert math.isnan(decisive_power(Expect.GREATER, 0.0, 0.01, 5))
+    assert math.isnan(beyond_rope_power(0.01, 0.01, 0.0, 1))
+    with pytest.raises(ValueError, match="power must be in"):
+        minimum_detectable_effect(0.004, 5, power=0.01)

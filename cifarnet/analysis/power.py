@@ -36,7 +36,7 @@ from scipy import stats as st
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
-from cifarnet.analysis.stats import CONFIDENCE, Outcome, has_spread
+from cifarnet.analysis.stats import CONFIDENCE, SIDE_LEVEL, Outcome, has_spread
 from cifarnet.spec.metrics import Expect
 
 POWER = 0.8
@@ -79,7 +79,10 @@ def _t(n: int, confidence: float = CONFIDENCE) -> float:
 
 def beyond_rope_power(delta: float, sd: float, rope: float, n: int,
                       confidence: float = CONFIDENCE) -> float:
-    """P(the interval's lower end lies above `rope`) at a true difference `delta` (exact)."""
+    """P(the interval's lower end lies above `rope`) at a true difference `delta` (exact);
+    NaN without an interval (n < 2) or a spread (sd not positive and finite)."""
+    if n < 2 or not (sd > 0 and math.isfinite(sd)):
+        return math.nan
     return float(st.nct.sf(_t(n, confidence), n - 1, (delta - rope) * math.sqrt(n) / sd))
 
 
@@ -88,8 +91,8 @@ def minimum_detectable_effect(sd: float, n: int, rope: float = 0.0, power: float
                               expect: Expect = Expect.GREATER) -> float | None:
     """The MDE (metric units, > 0) of a hypothesis at `n` paired seeds (module rules); None
     when n < 2 or sd is not positive and finite. Raises ValueError for power outside (0, 1)."""
-    if not 0 < power < 1:
-        raise ValueError(f"power must be in (0, 1), got {power}")
+    if not SIDE_LEVEL < power < 1:  # below the test's own level no effect size reaches it
+        raise ValueError(f"power must be in ({SIDE_LEVEL}, 1), got {power}")
     if n < 2 or not (sd > 0 and math.isfinite(sd)):
         return None
 
@@ -107,6 +110,8 @@ def decisive_power(expect: Expect, sd: float, rope: float, n: int,
     difference is 0 (module rules)."""
     if n < 2 or rope <= 0:
         return 0.0
+    if not (sd > 0 and math.isfinite(sd)):
+        return math.nan  # no spread: no interval to judge by
     t, df, margin = _t(n, confidence), n - 1, rope * math.sqrt(n) / sd
     if expect is not Expect.EQUAL:
         return float(st.nct.cdf(-t, df, -margin))
@@ -135,7 +140,7 @@ def seeds_for_rope(expect: Expect, sd: float, rope: float, power: float = POWER,
 def plan(expect: Expect, rope: float, n: int, spread: Spread, power: float = POWER) -> PowerPlan:
     """The power figures of one hypothesis at `n` planned seeds; ValueError for a rope that
     is not a finite number >= 0 or a power outside (0.025, 1)."""
-    if not (math.isfinite(rope) and rope >= 0 and 0.025 < power < 1):
+    if not (math.isfinite(rope) and rope >= 0 and SIDE_LEVEL < power < 1):
         raise ValueError(f"rope {rope!r} / power {power!r}: out of range")
     return PowerPlan(n, minimum_detectable_effect(spread.sd, n, rope, power, expect=expect),
                      seeds_for_rope(expect, spread.sd, rope, power), power, spread)
