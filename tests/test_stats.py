@@ -362,3 +362,11 @@ def test_a_rope_that_is_not_a_finite_number_at_least_0_is_refused(rope) -> None:
     a = {i: .8 + .01 * (i % 2) - .005 for i in range(6)}
     with pytest.raises(ValueError, match="rope"):
         compare(a, {i: .8 for i in range(6)}, "a > b", rope)
+
+
+def test_differences_within_the_tolerance_are_said_to_be_equal_within_it() -> None:
+    """1e-12 (i + 1)^2 differ, below EQUAL_TOL: the note said "all ... are equal"."""
+    c = compare({i: 1e-12 * (i + 1) ** 2 for i in range(6)}, {i: 0.0 for i in range(6)},
+                "a > b", 0.0)
+    assert c.verdict == Outcome.INCONCLUSIVE
+    assert "are equal (within 1e-09, relative above 1)" in c.note

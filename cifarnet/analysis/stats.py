@@ -411,8 +411,9 @@ def _paired(seeds: list[int], va: list[float], vb: list[float], expect: Expect,
     if not has_spread(x):
         return Comparison(expect, rope, n, mean, 0.0, NO_INTERVAL, math.nan,
                           Outcome.INCONCLUSIVE, differences=d, pairing=gain, check=check,
-                          note=f"no spread: all {n} paired differences are equal, so the "
-                               "spread over seeds cannot be estimated")
+                          note=f"no spread: all {n} paired differences are equal (within "
+                               f"{EQUAL_TOL:g}, relative above 1), so the spread over seeds "
+                               "cannot be estimated")
     codes, lo, hi = t_verdicts(expect, x, rope)
     verdict = OUTCOMES[int(codes[0])]
     needed = (seeds_to_decide(expect, mean, sd, rope, n)
