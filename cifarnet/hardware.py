@@ -74,31 +74,31 @@ def check_device_present(name: str) -> None:
                           "run on machines that have it")
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name : value` line's value in /proc/cpuinfo (Linux); None where absent or
+    unreadable."""
     try:
         text = CPUINFO.read_text(errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.startswith(name) and ":" in line:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""
+    return frozenset((cpuinfo_field("flags") or "").split())
 
 
 @functools.cache
 def cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else `platform.processor()`."""
-    try:
-        for line in CPUINFO.read_text(errors="replace").splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     import platform
 
-    return platform.processor()
+    return cpuinfo_field("model name") or platform.processor()
 
 
 def cpu_has_native_bf16() -> bool:
