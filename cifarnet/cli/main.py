@@ -94,9 +94,7 @@ class OneLineErrors(click.Group):
             click.echo(exc.ctx.get_help() if exc.ctx else "")
             sys.exit(0)
         except click.UsageError as exc:
-            argv = list(kwargs.get("args") or (args[0] if args else sys.argv[1:]) or [])
-            click.echo(f"error: {one_line(exc.format_message())}{set_hint(exc, argv)}",
-                       err=True)
+            click.echo(f"error: {one_line(exc.format_message())}{set_hint(exc)}", err=True)
             sys.exit(2)
         except click.ClickException as exc:
             exc.show()
@@ -126,10 +124,11 @@ def _given_storage(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
-def set_hint(exc: click.UsageError, argv: list[str]) -> str:
+def set_hint(exc: click.UsageError) -> str:
     """`--set train.lr 0.05` leaves `0.05` as an extra argument: say that --set takes one
-    word."""
-    if "unexpected extra argument" in exc.format_message() and "--set" in argv:
+    word (the command's parsed `--set` values are on the error's context)."""
+    given = exc.ctx.params.get("assignments") if exc.ctx else None
+    if "unexpected extra argument" in exc.format_message() and given:
         return " (--set takes KEY=VALUE as one word, e.g. --set train.lr=0.05)"
     return ""
 
